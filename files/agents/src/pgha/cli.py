@@ -1,0 +1,73 @@
+"""Command-line conventions shared by the four programs.
+
+Every flag can also be given as an environment variable ``PGHA_<FLAG_IN_UPPER_SNAKE_CASE>``
+(``--store-endpoints`` -> ``PGHA_STORE_ENDPOINTS``); a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from pgha.store import Store, open_store
+
+
+def env_name(flag: str) -> str:
+    return "PGHA_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class EnvParser(argparse.ArgumentParser):
+    """ArgumentParser whose options default to their PGHA_* environment variable."""
+
+    def add_flag(self, flag: str, *, required: bool = False, default: Any = None, help: str = "",
+                 **kw: Any) -> None:
+        env = env_name(flag)
+        env_value = os.environ.get(env)
+        if env_value is not None:
+            typ = kw.get("type")
+            try:
+                default = typ(env_value) if typ else env_value
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                self.error(f"environment variable {env}: {exc}")
+            required = False
+        shown = f" (env {env}" + (f"; default {default})" if default not in (None, "") else ")")
+        self.add_argument(flag, required=required, default=default, help=help + shown, **kw)
+
+
+def common_parser(prog: str, description: str, epilog: str | None = None) -> EnvParser:
+    p = EnvParser(prog=prog, description=description, epilog=epilog,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_flag("--cluster-name", required=True, help="name of the cluster")
+    p.add_flag("--store-endpoints", default="http://127.0.0.1:2379",
+               help="comma-separated etcd v3 endpoints, http(s)://host:port; tried in order")
+    p.add_flag("--store-prefix", default="pgha", help="key prefix in the store")
+    p.add_flag("--store-ca-file", help="CA certificate for TLS to etcd")
+    p.add_flag("--store-cert-file", help="client certificate for TLS to etcd")
+    p.add_flag("--store-key-file", help="client key for TLS to etcd")
+    p.add_flag("--store-timeout", type=float, default=2.0, help="seconds before a store request fails")
+    p.add_flag("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+               help="log verbosity")
+    return p
+
+
+def store_from_args(args: argparse.Namespace) -> Store:
+    return open_store(args.store_endpoints, ca_file=args.store_ca_file, cert_file=args.store_cert_file,
+                      key_file=args.store_key_file, timeout=args.store_timeout)
+
+
+def die(message: str, code: int = 1) -> "NoReturn":  # noqa: F821
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,417 @@
+"""The cluster model: the desired cluster data written by the leading sentinel, and the status
+documents each agent writes under its own lease.
+
+Store layout under ``/<prefix>/<cluster>/``:
+
+* ``spec``            the operator's spec (written by ``pghactl init``/``update``, CAS)
+* ``clusterdata``     the desired cluster (written only by the leading sentinel, CAS)
+* ``sentinel-leader`` the election key, bound to the leader's lease
+* ``keepers/<uid>``, ``sentinels/<uid>``, ``proxies/<uid>``  status, each under its agent's lease
+* ``commands/<name>`` requests from ``pghactl`` (switchover, failkeeper, removekeeper) that the
+  leading sentinel consumes
+
+Every document carries ``format_version``; a reader that does not know the version refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+FORMAT_VERSION = 1
+
+ROLE_PRIMARY = "primary"
+ROLE_REPLICA = "replica"
+ROLE_NONE = "none"
+
+PHASE_INITIALIZING = "initializing"
+PHASE_NORMAL = "normal"
+
+
+class FormatError(ValueError):
+    """A stored document that does not parse or has an unknown format version."""
+
+
+def keys(prefix: str, cluster: str) -> "Keys":
+    return Keys(f"/{prefix.strip('/')}/{cluster}/")
+
+
+@dataclass(frozen=True)
+class Keys:
+    base: str
+
+    @property
+    def spec(self) -> str:
+        return self.base + "spec"
+
+    @property
+    def clusterdata(self) -> str:
+        return self.base + "clusterdata"
+
+    @property
+    def leader(self) -> str:
+        return self.base + "sentinel-leader"
+
+    @property
+    def keepers(self) -> str:
+        return self.base + "keepers/"
+
+    @property
+    def sentinels(self) -> str:
+        return self.base + "sentinels/"
+
+    @property
+    def proxies(self) -> str:
+        return self.base + "proxies/"
+
+    @property
+    def commands(self) -> str:
+        return self.base + "commands/"
+
+    def keeper(self, uid: str) -> str:
+        return self.keepers + uid
+
+    def sentinel(self, uid: str) -> str:
+        return self.sentinels + uid
+
+    def proxy(self, uid: str) -> str:
+        return self.proxies + uid
+
+    def command(self, name: str) -> str:
+        return self.commands + name
+
+
+def _check_version(doc: Any, what: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what}: expected a JSON object")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{what}: unsupported format_version {version!r} (this agent knows {FORMAT_VERSION})")
+    return doc
+
+
+def loads(raw: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{what}: not valid JSON ({exc})") from None
+    return _check_version(doc, what)
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------------
+# Desired state (clusterdata)
+
+
+@dataclass(frozen=True)
+class KeeperSpec:
+    """What the sentinel wants one keeper to do."""
+
+    role: str = ROLE_NONE  # primary | replica | none
+    follow: str | None = None  # uid of the keeper to replicate from (replicas)
+    init: str | None = None  # "new" | "existing" for the keeper that creates the cluster
+    address: str = ""  # host:port of its PostgreSQL, copied from the keeper's status
+    synchronous_standbys: tuple[str, ...] = ()  # on the primary: synchronous_standby_names members
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "KeeperSpec":
+        return KeeperSpec(
+            role=str(d.get("role", ROLE_NONE)),
+            follow=d.get("follow"),
+            init=d.get("init"),
+            address=str(d.get("address", "")),
+            synchronous_standbys=tuple(d.get("synchronous_standbys", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """Where proxies route. ``generation`` increases on every change; proxies acknowledge it."""
+
+    target: str | None = None
+    generation: int = 0
+    ro_targets: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ProxySpec":
+        return ProxySpec(
+            target=d.get("target"),
+            generation=int(d.get("generation", 0)),
+            ro_targets=tuple(d.get("ro_targets", ())),
+        )
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """Synchronous replication bookkeeping.
+
+    ``standbys`` is the desired synchronous set (every member must acknowledge: ``N (all)``).
+    ``candidates`` are the members known to hold every acknowledged commit: only they may be
+    promoted when the primary fails in synchronous mode. ``barrier`` is the primary's LSN when it
+    was first seen running with ``standbys`` applied; a member joins ``candidates`` once the
+    primary reports it synchronous with a flush position at or past the barrier.
+    """
+
+    standbys: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
+    barrier: int | None = None
+    barrier_time: float | None = None
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "SyncState":
+        return SyncState(
+            standbys=tuple(d.get("standbys", ())),
+            candidates=tuple(d.get("candidates", ())),
+            barrier=d.get("barrier"),
+            barrier_time=d.get("barrier_time"),
+        )
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A primary change in progress (failover or switchover).
+
+    Stages: ``fence`` (proxies told to stop routing, old primary told to stop; waiting for every
+    live proxy to acknowledge, and for a switchover also for the target to catch up) then
+    ``promote`` (new primary told to promote; waiting for it to report itself primary).
+    """
+
+    kind: str  # failover | switchover
+    old: str | None
+    new: str
+    stage: str  # fence | promote
+    started: float
+    proxy_generation: int
+    reason: str = ""
+    request_id: str | None = None
+    old_final_lsn: int | None = None
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Transition":
+        return Transition(
+            kind=d["kind"],
+            old=d.get("old"),
+            new=d["new"],
+            stage=d["stage"],
+            started=float(d["started"]),
+            proxy_generation=int(d["proxy_generation"]),
+            reason=d.get("reason", ""),
+            request_id=d.get("request_id"),
+            old_final_lsn=d.get("old_final_lsn"),
+        )
+
+
+@dataclass(frozen=True)
+class ClusterData:
+    uid: str
+    name: str
+    spec: dict[str, Any]
+    phase: str = PHASE_INITIALIZING
+    generation: int = 0
+    primary: str | None = None
+    keepers: dict[str, KeeperSpec] = field(default_factory=dict)
+    proxy: ProxySpec = ProxySpec()
+    sync: SyncState = SyncState()
+    transition: Transition | None = None
+    system_id: str | None = None
+    timeline: int | None = None
+    message: str = ""  # why the cluster is in its current state (e.g. no eligible primary)
+    last_switchover: dict[str, Any] | None = None  # {id, state: done|failed, reason, from, to}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def dumps(self) -> str:
+        return dumps(self.to_dict())
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ClusterData":
+        _check_version(d, "clusterdata")
+        try:
+            return ClusterData(
+                uid=str(d["uid"]),
+                name=str(d["name"]),
+                spec=dict(d["spec"]),
+                phase=str(d.get("phase", PHASE_INITIALIZING)),
+                generation=int(d.get("generation", 0)),
+                primary=d.get("primary"),
+                keepers={k: KeeperSpec.from_dict(v) for k, v in d.get("keepers", {}).items()},
+                proxy=ProxySpec.from_dict(d.get("proxy", {})),
+                sync=SyncState.from_dict(d.get("sync", {})),
+                transition=Transition.from_dict(d["transition"]) if d.get("transition") else None,
+                system_id=d.get("system_id"),
+                timeline=d.get("timeline"),
+                message=str(d.get("message", "")),
+                last_switchover=d.get("last_switchover"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"clusterdata: malformed ({exc!r})") from None
+
+    @staticmethod
+    def loads(raw: bytes | str) -> "ClusterData":
+        return ClusterData.from_dict(loads(raw, "clusterdata"))
+
+    def with_keeper(self, uid: str, **changes: Any) -> "ClusterData":
+        keepers = dict(self.keepers)
+        keepers[uid] = replace(keepers.get(uid, KeeperSpec()), **changes)
+        return replace(self, keepers=keepers)
+
+    def without_keeper(self, uid: str) -> "ClusterData":
+        keepers = dict(self.keepers)
+        keepers.pop(uid, None)
+        return replace(self, keepers=keepers)
+
+
+# --------------------------------------------------------------------------------------------
+# Status documents (each agent writes its own, under its own lease)
+
+
+@dataclass(frozen=True)
+class Replication:
+    """One row of the primary's pg_stat_replication, as the keeper reports it."""
+
+    name: str
+    state: str
+    sync_state: str
+    flush_lsn: int | None
+
+
+@dataclass(frozen=True)
+class KeeperStatus:
+    uid: str
+    cluster_uid: str | None = None
+    boot_id: str = ""
+    address: str = ""  # advertised host:port of PostgreSQL
+    api_address: str = ""
+    can_be_master: bool = True
+    pg_running: bool = False
+    healthy: bool = False  # PostgreSQL accepts connections and answered the status queries
+    role: str = ROLE_NONE  # what PostgreSQL actually is: primary | replica | none (stopped)
+    system_id: str | None = None
+    timeline: int | None = None
+    lsn: int | None = None  # current WAL position (primary) or max(receive, replay) (replica)
+    replay_lsn: int | None = None
+    streaming_from: str | None = None  # host:port the WAL receiver streams from
+    synchronous_standbys: tuple[str, ...] | None = None  # applied synchronous_standby_names members
+    replication: tuple[Replication, ...] = ()
+    final_lsn: int | None = None  # checkpoint LSN of a cleanly stopped instance
+    pending_restart: bool = False
+    pg_version: str = ""
+    phase: str = ""  # what the keeper is doing: initdb, basebackup, rewind, running, fenced...
+    error: str = ""
+    reported_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def dumps(self) -> str:
+        return dumps(self.to_dict())
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "KeeperStatus":
+        _check_version(d, "keeper status")
+        try:
+            ss = d.get("synchronous_standbys")
+            return KeeperStatus(
+                uid=str(d["uid"]),
+                cluster_uid=d.get("cluster_uid"),
+                boot_id=str(d.get("boot_id", "")),
+                address=str(d.get("address", "")),
+                api_address=str(d.get("api_address", "")),
+                can_be_master=bool(d.get("can_be_master", True)),
+                pg_running=bool(d.get("pg_running", False)),
+                healthy=bool(d.get("healthy", False)),
+                role=str(d.get("role", ROLE_NONE)),
+                system_id=d.get("system_id"),
+                timeline=d.get("timeline"),
+                lsn=d.get("lsn"),
+                replay_lsn=d.get("replay_lsn"),
+                streaming_from=d.get("streaming_from"),
+                synchronous_standbys=tuple(ss) if ss is not None else None,
+                replication=tuple(Replication(**r) for r in d.get("replication", ())),
+                final_lsn=d.get("final_lsn"),
+                pending_restart=bool(d.get("pending_restart", False)),
+                pg_version=str(d.get("pg_version", "")),
+                phase=str(d.get("phase", "")),
+                error=str(d.get("error", "")),
+                reported_at=float(d.get("reported_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"keeper status: malformed ({exc!r})") from None
+
+    @staticmethod
+    def loads(raw: bytes | str) -> "KeeperStatus":
+        return KeeperStatus.from_dict(loads(raw, "keeper status"))
+
+
+@dataclass(frozen=True)
+class ProxyStatus:
+    uid: str
+    address: str = ""  # host:port of the read-write listener
+    ro_address: str = ""
+    api_address: str = ""
+    generation: int = -1  # the clusterdata proxy generation it has applied
+    target: str | None = None
+    listening: bool = False
+    reported_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def dumps(self) -> str:
+        return dumps(self.to_dict())
+
+    @staticmethod
+    def loads(raw: bytes | str) -> "ProxyStatus":
+        d = loads(raw, "proxy status")
+        try:
+            return ProxyStatus(
+                uid=str(d["uid"]),
+                address=str(d.get("address", "")),
+                ro_address=str(d.get("ro_address", "")),
+                api_address=str(d.get("api_address", "")),
+                generation=int(d.get("generation", -1)),
+                target=d.get("target"),
+                listening=bool(d.get("listening", False)),
+                reported_at=float(d.get("reported_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"proxy status: malformed ({exc!r})") from None
+
+
+@dataclass(frozen=True)
+class SentinelStatus:
+    uid: str
+    reported_at: float = 0.0
+
+    def dumps(self) -> str:
+        return dumps({"format_version": FORMAT_VERSION, "uid": self.uid, "reported_at": self.reported_at})
+
+    @staticmethod
+    def loads(raw: bytes | str) -> "SentinelStatus":
+        d = loads(raw, "sentinel status")
+        return SentinelStatus(uid=str(d.get("uid", "")), reported_at=float(d.get("reported_at", 0.0)))
+
+
+def lsn_to_int(text: str | None) -> int | None:
+    """'0/3000060' -> 50331744."""
+    if not text:
+        return None
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
+
+
+def int_to_lsn(value: int | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"

@@ -1,0 +1,209 @@
+"""The cluster specification: what the operator asks for, validated and with defaults filled in.
+
+The spec is JSON with snake_case keys. Durations are numbers of seconds or strings such as
+``"500ms"``, ``"5s"``, ``"2m"``. ``normalize()`` turns a user document into the canonical form
+(every key present, durations as float seconds) or raises ``SpecError`` naming the bad key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+# Defaults are chosen for fast, safe failover on a LAN: a keeper whose lease is not renewed for
+# fail_interval is failed; the sentinel and keepers react to store changes at once (watch) and
+# otherwise poll every sleep_interval.
+DEFAULTS: dict[str, Any] = {
+    "sleep_interval": 0.5,
+    "fail_interval": 3.0,
+    "proxy_check_interval": 0.5,
+    "proxy_timeout": 3.0,
+    "synchronous_replication": False,
+    "min_synchronous_standbys": 1,
+    "max_synchronous_standbys": 1,
+    "max_standby_lag": 1024 * 1024,
+    "use_pg_rewind": True,
+    "pg_parameters": {},
+    "pg_hba": [],
+    "init_mode": "new",
+    "existing_keeper": None,
+    "convergence_timeout": 60.0,
+    "switchover_timeout": 30.0,
+    "dead_keeper_removal_interval": 48 * 3600.0,
+}
+
+DURATION_KEYS = {
+    "sleep_interval",
+    "fail_interval",
+    "proxy_check_interval",
+    "proxy_timeout",
+    "convergence_timeout",
+    "switchover_timeout",
+    "dead_keeper_removal_interval",
+}
+
+# Parameters the keeper owns: setting them in pg_parameters would break replication or fencing.
+MANAGED_PG_PARAMETERS = frozenset(
+    {
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "unix_socket_permissions",
+        "hot_standby",
+        "primary_conninfo",
+        "primary_slot_name",
+        "synchronous_standby_names",
+        "recovery_target_timeline",
+        "max_wal_senders",
+        "max_replication_slots",
+        "wal_log_hints",
+        "restore_command",
+        "promote_trigger_file",
+        "hba_file",
+        "ident_file",
+        "config_file",
+        "data_directory",
+        "include",
+        "include_if_exists",
+        "include_dir",
+    }
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_IDENT = re.compile(r"^[a-z0-9_]{1,63}$")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be accepted; the message names the offending key."""
+
+
+def parse_duration(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise SpecError(f"{key}: expected a duration (seconds or a string like '500ms'), got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise SpecError(
+                f"{key}: cannot parse duration {value!r} (use seconds or a string like '500ms', '5s', '1m')"
+            )
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise SpecError(f"{key}: expected a duration, got {type(value).__name__}")
+    if seconds < 0:
+        raise SpecError(f"{key}: must not be negative")
+    return seconds
+
+
+def _int(key: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{key}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise SpecError(f"{key}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def normalize(doc: Any) -> dict[str, Any]:
+    """Validate a user spec and return it with every default filled in."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise SpecError(f"spec: expected a JSON object, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - set(DEFAULTS))
+    if unknown:
+        raise SpecError(f"unknown spec key(s): {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
+    spec = copy.deepcopy(DEFAULTS)
+    for key, value in doc.items():
+        if value is None and key != "existing_keeper":
+            continue  # null means "use the default" (merge-patch deletion)
+        spec[key] = copy.deepcopy(value)
+
+    for key in DURATION_KEYS:
+        spec[key] = parse_duration(key, spec[key])
+    for key in ("synchronous_replication", "use_pg_rewind"):
+        spec[key] = _bool(key, spec[key])
+    spec["min_synchronous_standbys"] = _int("min_synchronous_standbys", spec["min_synchronous_standbys"], 0)
+    spec["max_synchronous_standbys"] = _int("max_synchronous_standbys", spec["max_synchronous_standbys"], 1)
+    spec["max_standby_lag"] = _int("max_standby_lag", spec["max_standby_lag"], 0)
+
+    if spec["min_synchronous_standbys"] > spec["max_synchronous_standbys"]:
+        raise SpecError("min_synchronous_standbys must not exceed max_synchronous_standbys")
+    if spec["sleep_interval"] <= 0:
+        raise SpecError("sleep_interval: must be greater than zero")
+    if spec["fail_interval"] < 1:
+        raise SpecError("fail_interval: must be at least 1s (etcd leases have whole-second TTLs)")
+    if spec["fail_interval"] <= spec["sleep_interval"]:
+        raise SpecError("fail_interval must be greater than sleep_interval")
+    if spec["proxy_check_interval"] <= 0:
+        raise SpecError("proxy_check_interval: must be greater than zero")
+    if spec["proxy_check_interval"] >= spec["proxy_timeout"]:
+        raise SpecError("proxy_check_interval must be less than proxy_timeout")
+
+    params = spec["pg_parameters"]
+    if not isinstance(params, dict):
+        raise SpecError("pg_parameters: expected an object of parameter names to values")
+    clean: dict[str, str] = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not re.match(r"^[a-z_][a-z0-9_.]*$", name):
+            raise SpecError(f"pg_parameters: invalid parameter name {name!r}")
+        if name in MANAGED_PG_PARAMETERS:
+            raise SpecError(f"pg_parameters.{name}: managed by the keeper and cannot be set")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        if not isinstance(value, (str, int, float)):
+            raise SpecError(f"pg_parameters.{name}: expected a string or number, got {value!r}")
+        clean[name] = str(value)
+    spec["pg_parameters"] = clean
+
+    hba = spec["pg_hba"]
+    if not isinstance(hba, list) or not all(isinstance(line, str) for line in hba):
+        raise SpecError("pg_hba: expected a list of pg_hba.conf lines")
+    for line in hba:
+        if "\n" in line or "\r" in line:
+            raise SpecError("pg_hba: a line must not contain a newline")
+
+    if spec["init_mode"] not in ("new", "existing"):
+        raise SpecError(f"init_mode: expected 'new' or 'existing', got {spec['init_mode']!r}")
+    if spec["init_mode"] == "existing":
+        uid = spec["existing_keeper"]
+        if not isinstance(uid, str) or not _IDENT.match(uid):
+            raise SpecError("existing_keeper: init_mode 'existing' needs the uid of the keeper whose data to adopt")
+    return spec
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def update(current: dict[str, Any], patch: Any) -> dict[str, Any]:
+    """Apply a merge patch to a normalized spec; refuses changes that cannot be applied live."""
+    if not isinstance(patch, dict):
+        raise SpecError("patch: expected a JSON object")
+    new = normalize(merge_patch(current, patch))
+    if new["init_mode"] != current["init_mode"]:
+        raise SpecError("init_mode cannot be changed after init")
+    return new
+
+
+def valid_uid(uid: str) -> bool:
+    return bool(_IDENT.match(uid))

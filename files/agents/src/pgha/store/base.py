@@ -1,0 +1,74 @@
+"""The store interface every agent uses.
+
+Atomicity: each method is one etcd request and is atomic on its own. ``cas`` compares the
+modification revision of one key (0 means "must not exist") and, optionally, the exact value of a
+second key (the guard) in the same transaction: the sentinel uses the guard so that only the
+current leader can write the cluster data. Leases expire on the server; a key put with a lease
+disappears when the lease does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+    lease: int = 0
+
+
+class Store(ABC):
+    @abstractmethod
+    def get(self, key: str) -> KV | None:
+        """The key's current value, or None."""
+
+    @abstractmethod
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        """All keys under ``prefix`` (sorted) and the store revision they were read at."""
+
+    @abstractmethod
+    def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
+        """Unconditional write; returns the new revision."""
+
+    @abstractmethod
+    def cas(self, key: str, value: bytes | str, mod_revision: int, *, lease: int = 0,
+            guard: tuple[str, bytes | str] | None = None) -> bool:
+        """Write ``key`` only if its mod revision is ``mod_revision`` (0: absent) and the guard key
+        holds exactly the guard value. Returns whether the write happened."""
+
+    @abstractmethod
+    def delete(self, key: str, mod_revision: int | None = None) -> bool:
+        """Delete ``key`` (only at ``mod_revision`` when given). Returns whether it was deleted."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under ``prefix``."""
+
+    @abstractmethod
+    def grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` whole seconds."""
+
+    @abstractmethod
+    def keepalive(self, lease: int) -> int:
+        """Renew ``lease``; returns its TTL, or 0 when the lease has already expired."""
+
+    @abstractmethod
+    def revoke(self, lease: int) -> None:
+        """End ``lease`` now, deleting its keys."""
+
+    @abstractmethod
+    def wait(self, prefix: str, after_revision: int, timeout: float) -> bool:
+        """Block until a key under ``prefix`` changes after ``after_revision`` or ``timeout`` passes.
+        Returns True on a change. Agents use it to react at once instead of at the next poll."""
+
+    def close(self) -> None:  # pragma: no cover - default no-op
+        pass

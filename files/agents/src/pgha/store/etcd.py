@@ -1,0 +1,263 @@
+"""A thin etcd v3 client over etcd's JSON gateway (``/v3/...``), standard library only.
+
+Why not a client library: etcd3 (grpc) fails to import with current protobuf, and etcd3gw pulls in
+a stack of dependencies for the dozen calls we make. This client keeps one HTTP/1.1 keep-alive
+connection per thread, fails over between endpoints in order, and supports TLS with a CA file and
+a client certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from pgha.store.base import KV, Store, StoreError
+
+
+def _b64(value: bytes | str) -> str:
+    if isinstance(value, str):
+        value = value.encode()
+    return base64.b64encode(value).decode()
+
+
+def _unb64(value: str | None) -> bytes:
+    return base64.b64decode(value) if value else b""
+
+
+def _prefix_end(prefix: str) -> str:
+    """The range_end that selects every key starting with ``prefix``."""
+    raw = bytearray(prefix.encode())
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] < 0xFF:
+            raw[i] += 1
+            return _b64(bytes(raw[: i + 1]))
+    return _b64(b"\0")
+
+
+class Endpoint:
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreError(f"invalid store endpoint {url!r}: expected http(s)://host:port")
+        self.url = url.strip()
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or 2379
+
+
+class EtcdStore(Store):
+    def __init__(self, endpoints: str, *, ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, timeout: float = 2.0) -> None:
+        self.endpoints = [Endpoint(e) for e in endpoints.split(",") if e.strip()]
+        if not self.endpoints:
+            raise StoreError("no store endpoints given (--store-endpoints)")
+        self.timeout = timeout
+        self._ssl: ssl.SSLContext | None = None
+        if any(e.tls for e in self.endpoints):
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+            if cert_file:
+                self._ssl.load_cert_chain(cert_file, key_file)
+        self._local = threading.local()
+        self._preferred = 0
+
+    # ------------------------------------------------------------------ transport
+    def _connect(self, ep: Endpoint, timeout: float) -> http.client.HTTPConnection:
+        if ep.tls:
+            return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+
+    def _conn(self, idx: int) -> http.client.HTTPConnection:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(idx)
+        if conn is None:
+            conn = conns[idx] = self._connect(self.endpoints[idx], self.timeout)
+        return conn
+
+    def _drop(self, idx: int) -> None:
+        conns = getattr(self._local, "conns", {})
+        conn = conns.pop(idx, None)
+        if conn is not None:
+            conn.close()
+
+    def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
+        """One JSON request, trying each endpoint once starting with the last one that worked."""
+        payload = json.dumps(body or {}).encode()
+        errors = []
+        n = len(self.endpoints)
+        for step in range(n):
+            idx = (self._preferred + step) % n
+            for attempt in range(2):  # a kept-alive connection may have been closed by the server
+                conn = self._conn(idx)
+                try:
+                    conn.request(method, path, body=payload if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    self._drop(idx)
+                    if attempt == 0 and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
+                                                         ConnectionResetError)):
+                        continue
+                    errors.append(f"{self.endpoints[idx].url}: {exc or type(exc).__name__}")
+                    break
+                if resp.status != 200:
+                    text = data.decode(errors="replace")[:300]
+                    if resp.status >= 500 or resp.status == 404:
+                        errors.append(f"{self.endpoints[idx].url}: HTTP {resp.status} {text}")
+                        break
+                    raise StoreError(f"etcd {path}: HTTP {resp.status}: {text}")
+                self._preferred = idx
+                try:
+                    return json.loads(data) if data else {}
+                except ValueError:
+                    raise StoreError(f"etcd {path}: invalid JSON answer") from None
+        raise StoreError("store unreachable: " + "; ".join(errors))
+
+    # ------------------------------------------------------------------ KV
+    @staticmethod
+    def _kv(d: dict[str, Any]) -> KV:
+        return KV(
+            key=_unb64(d.get("key")).decode(),
+            value=_unb64(d.get("value")),
+            mod_revision=int(d.get("mod_revision", 0)),
+            create_revision=int(d.get("create_revision", 0)),
+            lease=int(d.get("lease", 0)),
+        )
+
+    def get(self, key: str) -> KV | None:
+        resp = self.request("/v3/kv/range", {"key": _b64(key)})
+        kvs = resp.get("kvs") or []
+        return self._kv(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        resp = self.request("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+        rev = int(resp.get("header", {}).get("revision", 0))
+        return [self._kv(d) for d in resp.get("kvs") or []], rev
+
+    def put(self, key: str, value: bytes | str, lease: int = 0) -> int:
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        resp = self.request("/v3/kv/put", body)
+        return int(resp.get("header", {}).get("revision", 0))
+
+    def cas(self, key: str, value: bytes | str, mod_revision: int, *, lease: int = 0,
+            guard: tuple[str, bytes | str] | None = None) -> bool:
+        compare: list[dict[str, Any]] = [
+            {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+        ]
+        if guard is not None:
+            compare.append({"key": _b64(guard[0]), "target": "VALUE", "result": "EQUAL",
+                            "value": _b64(guard[1])})
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        resp = self.request("/v3/kv/txn", {"compare": compare, "success": [{"request_put": put}]})
+        return bool(resp.get("succeeded", False))
+
+    def delete(self, key: str, mod_revision: int | None = None) -> bool:
+        if mod_revision is None:
+            resp = self.request("/v3/kv/deleterange", {"key": _b64(key)})
+            return int(resp.get("deleted", 0)) > 0
+        resp = self.request("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}}],
+        })
+        return bool(resp.get("succeeded", False))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.request("/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+
+    # ------------------------------------------------------------------ leases
+    def grant(self, ttl: int) -> int:
+        resp = self.request("/v3/lease/grant", {"TTL": str(int(ttl))})
+        if resp.get("error"):
+            raise StoreError(f"lease grant failed: {resp['error']}")
+        return int(resp["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        resp = self.request("/v3/lease/keepalive", {"ID": str(lease)})
+        result = resp.get("result", resp)
+        return int(result.get("TTL", 0) or 0)
+
+    def revoke(self, lease: int) -> None:
+        try:
+            self.request("/v3/lease/revoke", {"ID": str(lease)})
+        except StoreError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    # ------------------------------------------------------------------ watch
+    def wait(self, prefix: str, after_revision: int, timeout: float) -> bool:
+        """Long-poll one watch on ``prefix``: True as soon as an event after ``after_revision``
+        arrives, False on timeout. Uses its own connection so it never blocks other requests."""
+        body = json.dumps({"create_request": {"key": _b64(prefix), "range_end": _prefix_end(prefix),
+                                              "start_revision": str(after_revision + 1)}}).encode()
+        n = len(self.endpoints)
+        for step in range(n):
+            ep = self.endpoints[(self._preferred + step) % n]
+            conn = self._connect(ep, timeout)
+            try:
+                conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    continue
+                while True:
+                    line = resp.readline()
+                    if not line:
+                        return False
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    result = msg.get("result", {})
+                    if result.get("events") or result.get("compact_revision"):
+                        return True
+                    if result.get("canceled"):
+                        return True
+            except (socket.timeout, TimeoutError):
+                return False
+            except (OSError, http.client.HTTPException):
+                continue
+            finally:
+                conn.close()
+        raise StoreError("store unreachable for watch")
+
+    # ------------------------------------------------------------------ cluster health
+    def member_health(self) -> list[dict[str, Any]]:
+        """For each endpoint: reachable, healthy, member id, leader id (used by the etcd module)."""
+        out = []
+        for ep in self.endpoints:
+            item: dict[str, Any] = {"endpoint": ep.url, "healthy": False, "leader": None, "member_id": None,
+                                    "error": ""}
+            conn = self._connect(ep, self.timeout)
+            try:
+                conn.request("GET", "/health")
+                r = conn.getresponse()
+                health = json.loads(r.read() or b"{}")
+                item["healthy"] = str(health.get("health")) == "true"
+                conn.request("POST", "/v3/maintenance/status", body=b"{}",
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                status = json.loads(r.read() or b"{}")
+                item["member_id"] = status.get("header", {}).get("member_id")
+                item["leader"] = status.get("leader")
+                item["version"] = status.get("version")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                item["error"] = str(exc) or type(exc).__name__
+            finally:
+                conn.close()
+            out.append(item)
+        return out
+
+    def close(self) -> None:
+        for idx in list(getattr(self._local, "conns", {})):
+            self._drop(idx)

@@ -1,0 +1,117 @@
+# -*- coding: utf-8 -*-
+# Copyright: pgha developers
+# Apache License 2.0 (see LICENSE)
+"""Shared glue between the pgha.cluster modules and the installed ``pgha`` library.
+
+Nothing here reasons about the cluster: it parses connection options, opens the store, and turns
+the library's exceptions into ``fail_json`` with a clear message.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+PGHA_IMPORT_ERROR = None
+try:
+    from pgha.ctl import Ctl, CtlError
+    from pgha.store import StoreError, open_store
+except ImportError:  # pragma: no cover - exercised through HAS_PGHA in tests
+    Ctl = None
+    open_store = None
+
+    class CtlError(Exception):  # type: ignore[no-redef]
+        """Stand-in so that except clauses work when pgha is missing."""
+
+    class StoreError(Exception):  # type: ignore[no-redef]
+        """Stand-in so that except clauses work when pgha is missing."""
+
+    PGHA_IMPORT_ERROR = traceback.format_exc()
+    HAS_PGHA = False
+else:
+    HAS_PGHA = True
+
+
+def store_argument_spec():
+    """The options of plugins/doc_fragments/store.py."""
+    return dict(
+        cluster_name=dict(type="str", default="main"),
+        store_endpoints=dict(type="str", required=True),
+        store_prefix=dict(type="str", default="pgha"),
+        store_ca_file=dict(type="path"),
+        store_cert_file=dict(type="path"),
+        store_key_file=dict(type="path"),
+        store_timeout=dict(type="float", default=2.0),
+    )
+
+
+def require_pgha(module):
+    if not HAS_PGHA:
+        module.fail_json(
+            msg=missing_required_lib(
+                "pgha",
+                reason="the pgha.cluster modules drive the installed pgha library; run them with the "
+                "agents' interpreter (ansible_python_interpreter: /opt/pgha/venv/bin/python) or "
+                "pip install ./files/agents",
+            ),
+            exception=PGHA_IMPORT_ERROR,
+        )
+
+
+def open_store_from_params(module):
+    """The store named by the module's connection options, or fail_json."""
+    require_pgha(module)
+    p = module.params
+    try:
+        return open_store(
+            p["store_endpoints"],
+            ca_file=p["store_ca_file"],
+            cert_file=p["store_cert_file"],
+            key_file=p["store_key_file"],
+            timeout=p["store_timeout"],
+        )
+    except StoreError as exc:
+        module.fail_json(msg="cannot open the store at %s: %s" % (p["store_endpoints"], exc))
+
+
+def open_ctl(module):
+    """A ``pgha.ctl.Ctl`` for the module's cluster, or fail_json."""
+    store = open_store_from_params(module)
+    return Ctl(store, prefix=module.params["store_prefix"], cluster=module.params["cluster_name"])
+
+
+def fail_from(module, exc, what, **result):
+    """fail_json for a library error, naming what was being done."""
+    if isinstance(exc, StoreError):
+        kind = "store error"
+    elif isinstance(exc, CtlError):
+        kind = "pgha refused"
+    else:
+        kind = type(exc).__name__
+    module.fail_json(msg="%s: %s: %s" % (what, kind, exc), **result)
+
+
+LIBRARY_ERRORS = (CtlError, StoreError)
+
+
+def merge_patch(old, new):
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
+
+    Keys missing from ``new`` become ``None`` (deletion); objects are compared key by key; any
+    other value, lists included, is replaced whole.
+    """
+    patch = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            sub = merge_patch(old[key], value)
+            if sub:
+                patch[key] = sub
+        elif value != old[key]:
+            patch[key] = value
+    return patch

@@ -1,0 +1,337 @@
+"""pghactl: initialize, inspect and steer a pgha cluster.
+
+``Ctl`` is the library the Ansible modules wrap; ``main()`` is the command line. pghactl never
+writes the cluster data itself (only the leading sentinel does): it writes the spec (by
+compare-and-swap) and requests under ``commands/`` that the leading sentinel consumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+from pgha import cli
+from pgha.model import (
+    FORMAT_VERSION,
+    ROLE_PRIMARY,
+    ClusterData,
+    FormatError,
+    KeeperStatus,
+    ProxyStatus,
+    SentinelStatus,
+    dumps,
+    int_to_lsn,
+    keys,
+    loads,
+)
+from pgha.spec import SpecError, normalize, update, valid_uid
+from pgha.store import Store, StoreError
+
+
+class CtlError(Exception):
+    """A request that cannot be carried out; the message says why."""
+
+
+class Ctl:
+    def __init__(self, store: Store, prefix: str = "pgha", cluster: str = "main") -> None:
+        self.store = store
+        self.cluster = cluster
+        self.keys = keys(prefix, cluster)
+
+    # ------------------------------------------------------------------ reading
+    def _spec_doc(self) -> tuple[dict[str, Any] | None, int]:
+        kv = self.store.get(self.keys.spec)
+        if kv is None:
+            return None, 0
+        try:
+            return loads(kv.value, "spec"), kv.mod_revision
+        except FormatError as exc:
+            raise CtlError(str(exc)) from None
+
+    def get_spec(self) -> dict[str, Any] | None:
+        doc, _ = self._spec_doc()
+        if doc is None:
+            return None
+        try:
+            return normalize(doc.get("spec"))
+        except SpecError as exc:
+            raise CtlError(f"stored spec is invalid: {exc}") from None
+
+    def clusterdata(self) -> ClusterData | None:
+        kv = self.store.get(self.keys.clusterdata)
+        if kv is None:
+            return None
+        try:
+            return ClusterData.loads(kv.value)
+        except FormatError as exc:
+            raise CtlError(str(exc)) from None
+
+    def status(self) -> dict[str, Any]:
+        kvs, _ = self.store.get_prefix(self.keys.base)
+        cd: ClusterData | None = None
+        statuses: dict[str, KeeperStatus] = {}
+        sentinels: list[str] = []
+        proxies: list[ProxyStatus] = []
+        leader = None
+        for kv in kvs:
+            name = kv.key[len(self.keys.base):]
+            try:
+                if name == "clusterdata":
+                    cd = ClusterData.loads(kv.value)
+                elif name.startswith("keepers/"):
+                    st = KeeperStatus.loads(kv.value)
+                    statuses[st.uid] = st
+                elif name.startswith("sentinels/"):
+                    sentinels.append(SentinelStatus.loads(kv.value).uid)
+                elif name.startswith("proxies/"):
+                    proxies.append(ProxyStatus.loads(kv.value))
+                elif name == "sentinel-leader":
+                    leader = kv.value.decode()
+            except FormatError as exc:
+                if name == "clusterdata":
+                    raise CtlError(str(exc)) from None
+        spec = self.get_spec()
+        primary = cd.primary if cd else None
+        primary_lsn = statuses[primary].lsn if primary in statuses and statuses[primary].role == ROLE_PRIMARY \
+            else None
+        keepers = []
+        for uid in sorted(set(statuses) | set(cd.keepers if cd else {})):
+            st = statuses.get(uid)
+            want = cd.keepers.get(uid) if cd else None
+            lag = None
+            if st and st.role == "replica" and primary_lsn is not None and st.lsn is not None:
+                lag = max(0, primary_lsn - st.lsn)
+            keepers.append({
+                "uid": uid,
+                "healthy": bool(st and st.healthy),
+                "role": st.role if st else "none",
+                "desired_role": want.role if want else None,
+                "address": (st.address if st else "") or (want.address if want else ""),
+                "timeline": st.timeline if st else None,
+                "lsn": int_to_lsn(st.lsn) if st and st.lsn is not None else None,
+                "lag": lag,
+                "streaming": bool(st and st.streaming_from),
+                "synchronous": bool(cd and uid in cd.sync.standbys),
+                "sync_candidate": bool(cd and uid in cd.sync.candidates),
+                "phase": st.phase if st else "down",
+                "error": st.error if st else "no status (keeper down or its lease expired)",
+                "pending_restart": bool(st and st.pending_restart),
+            })
+        return {
+            "cluster": {
+                "name": self.cluster,
+                "initialized": spec is not None,
+                "uid": cd.uid if cd else None,
+                "phase": cd.phase if cd else None,
+                "primary": primary,
+                "generation": cd.generation if cd else 0,
+                "proxy_target": cd.proxy.target if cd else None,
+                "ro_targets": list(cd.proxy.ro_targets) if cd else [],
+                "synchronous_standbys": list(cd.sync.standbys) if cd else [],
+                "transition": (cd.transition.kind + ":" + cd.transition.stage) if cd and cd.transition else None,
+                "message": cd.message if cd else ("not initialized" if spec is None else "waiting for a sentinel"),
+                "last_switchover": cd.last_switchover if cd else None,
+            },
+            "keepers": keepers,
+            "sentinels": [{"uid": s, "leader": s == leader} for s in sorted(sentinels)],
+            "proxies": [{"uid": p.uid, "address": p.address, "ro_address": p.ro_address, "target": p.target,
+                         "listening": p.listening, "generation": p.generation}
+                        for p in sorted(proxies, key=lambda p: p.uid)],
+        }
+
+    # ------------------------------------------------------------------ writing
+    def normalize(self, spec: Any) -> dict[str, Any]:
+        try:
+            return normalize(spec)
+        except SpecError as exc:
+            raise CtlError(f"invalid spec: {exc}") from None
+
+    def init(self, spec: dict[str, Any] | None, force: bool = False) -> dict[str, Any]:
+        normalized = self.normalize(spec or {})
+        doc, rev = self._spec_doc()
+        if doc is not None and not force:
+            raise CtlError(f"cluster {self.cluster} is already initialized (uid {doc.get('uid')}); "
+                           "pass --yes to initialize a NEW cluster in its place (existing keepers keep their "
+                           "data and will refuse to join the new cluster)")
+        uid = uuid.uuid4().hex[:12]
+        new_doc = {"format_version": FORMAT_VERSION, "uid": uid, "spec": normalized, "created_at": time.time()}
+        if not self.store.cas(self.keys.spec, dumps(new_doc), rev):
+            raise CtlError("the spec changed while initializing; retry")
+        if doc is not None:
+            self.store.delete(self.keys.clusterdata)
+            self.store.delete_prefix(self.keys.commands)
+        return normalized
+
+    def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        for _ in range(5):
+            doc, rev = self._spec_doc()
+            if doc is None:
+                raise CtlError(f"cluster {self.cluster} is not initialized (run pghactl init)")
+            old = self.normalize(doc.get("spec"))
+            try:
+                new = update(old, patch)
+            except SpecError as exc:
+                raise CtlError(f"invalid update: {exc}") from None
+            if new == old:
+                return old, new
+            if self.store.cas(self.keys.spec, dumps({**doc, "spec": new}), rev):
+                return old, new
+        raise CtlError("the spec kept changing under us; retry")
+
+    def _request(self, name: str, doc: dict[str, Any]) -> None:
+        self.store.put(self.keys.command(name), json.dumps(doc))
+
+    def _require_keeper(self, uid: str) -> ClusterData:
+        if not valid_uid(uid):
+            raise CtlError(f"invalid keeper uid {uid!r}")
+        cd = self.clusterdata()
+        if cd is None:
+            raise CtlError(f"cluster {self.cluster} has no cluster data yet (not initialized, or no sentinel)")
+        if uid not in cd.keepers:
+            raise CtlError(f"no keeper {uid} in cluster {self.cluster} (keepers: {', '.join(sorted(cd.keepers))})")
+        return cd
+
+    def failkeeper(self, uid: str) -> None:
+        self._require_keeper(uid)
+        self._request(f"failkeeper/{uid}", {"requested_at": time.time()})
+
+    def removekeeper(self, uid: str) -> None:
+        cd = self._require_keeper(uid)
+        if cd.primary == uid:
+            raise CtlError(f"{uid} is the primary: switch over first (pghactl switchover)")
+        self._request(f"removekeeper/{uid}", {"requested_at": time.time()})
+
+    def switchover(self, to: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        cd = self.clusterdata()
+        if cd is None or cd.primary is None:
+            raise CtlError(f"cluster {self.cluster} has no primary to switch over from")
+        if to is not None:
+            self._require_keeper(to)
+        rid = uuid.uuid4().hex[:8]
+        self._request("switchover", {"id": rid, "to": to, "requested_at": time.time()})
+        deadline = time.monotonic() + timeout
+        seen = False
+        while time.monotonic() < deadline:
+            cd = self.clusterdata()
+            last = cd.last_switchover if cd else None
+            if last and last.get("id") == rid:
+                seen = True
+                if last.get("state") == "done":
+                    return {"id": rid, "from": last.get("from"), "to": last.get("to"), "state": "done",
+                            "seconds": last.get("seconds")}
+                if last.get("state") == "failed":
+                    raise CtlError(f"switchover refused or failed: {last.get('reason')}")
+            time.sleep(0.05)
+        if not seen:
+            self.store.delete(self.keys.command("switchover"))
+            raise CtlError(f"no leading sentinel took the switchover request within {timeout:.0f}s")
+        raise CtlError(f"switchover did not complete within {timeout:.0f}s (see pghactl status)")
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+def _text_status(st: dict[str, Any]) -> str:
+    c = st["cluster"]
+    lines = [f"cluster {c['name']}: phase {c['phase'] or '-'}, primary {c['primary'] or '-'}, "
+             f"generation {c['generation']}"]
+    if c["message"]:
+        lines.append(f"  note: {c['message']}")
+    if c["synchronous_standbys"]:
+        lines.append(f"  synchronous standbys: {', '.join(c['synchronous_standbys'])}")
+    lines.append("")
+    lines.append(f"{'KEEPER':<12} {'HEALTHY':<8} {'ROLE':<8} {'ADDRESS':<22} {'TL':>3} {'LSN':<12} {'LAG':>8}  SYNC")
+    for k in st["keepers"]:
+        lines.append(f"{k['uid']:<12} {str(k['healthy']).lower():<8} {k['role']:<8} {k['address']:<22} "
+                     f"{k['timeline'] if k['timeline'] is not None else '-':>3} {k['lsn'] or '-':<12} "
+                     f"{k['lag'] if k['lag'] is not None else '-':>8}  {'yes' if k['synchronous'] else ''}")
+    lines.append("")
+    lines.append("sentinels: " + (", ".join(f"{s['uid']}{' (leader)' if s['leader'] else ''}"
+                                            for s in st["sentinels"]) or "none"))
+    lines.append("proxies:   " + (", ".join(f"{p['uid']} {p['address']} -> {p['target'] or 'nowhere'}"
+                                            for p in st["proxies"]) or "none"))
+    return "\n".join(lines)
+
+
+def _load_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        cli.die(f"{what} is not valid JSON: {exc}", 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.common_parser(
+        "pghactl", "Initialize, inspect and steer a pgha cluster.",
+        epilog="examples:\n"
+               "  pghactl --cluster-name main init --spec '{\"synchronous_replication\": true}'\n"
+               "  pghactl --cluster-name main status --format json\n"
+               "  pghactl --cluster-name main update --patch '{\"pg_parameters\": {\"work_mem\": \"8MB\"}}'\n"
+               "  pghactl --cluster-name main switchover --to keeper1")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sp = sub.add_parser("init", help="initialize a new cluster with a spec")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--spec", help="the spec as JSON")
+    g.add_argument("--spec-file", help="read the spec from this JSON file ('-' for stdin)")
+    sp.add_argument("--yes", "-y", action="store_true", help="re-initialize an already initialized cluster")
+    sp = sub.add_parser("status", help="show the cluster, keepers, sentinels and proxies")
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+    sub.add_parser("spec", help="print the current spec with defaults filled in (JSON)")
+    sp = sub.add_parser("update", help="change the spec with a JSON merge patch (validated first)")
+    sp.add_argument("--patch", required=True, help='merge patch, e.g. \'{"fail_interval": "5s"}\'')
+    sp = sub.add_parser("switchover", help="move the primary to another keeper with minimal write downtime")
+    sp.add_argument("--to", help="target keeper uid (default: the best eligible replica)")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for completion")
+    sp = sub.add_parser("failkeeper", help="make the sentinel treat a keeper as failed once (forces failover)")
+    sp.add_argument("uid")
+    sp = sub.add_parser("removekeeper", help="remove a (dead) keeper from the cluster")
+    sp.add_argument("uid")
+    args = p.parse_args(argv)
+
+    try:
+        ctl = Ctl(cli.store_from_args(args), args.store_prefix, args.cluster_name)
+        if args.command == "init":
+            if args.spec_file:
+                text = sys.stdin.read() if args.spec_file == "-" else open(args.spec_file).read()
+                spec = _load_json(text, f"spec file {args.spec_file}")
+            else:
+                spec = _load_json(args.spec, "--spec") if args.spec else {}
+            ctl.init(spec, force=args.yes)
+            print(f"cluster {args.cluster_name} initialized; the leading sentinel will now pick a keeper "
+                  "to run initdb")
+        elif args.command == "status":
+            st = ctl.status()
+            print(json.dumps(st, indent=2, sort_keys=True) if args.format == "json" else _text_status(st))
+        elif args.command == "spec":
+            spec = ctl.get_spec()
+            if spec is None:
+                cli.die(f"cluster {args.cluster_name} is not initialized")
+            print(json.dumps(spec, indent=2, sort_keys=True))
+        elif args.command == "update":
+            old, new = ctl.update(_load_json(args.patch, "--patch"))
+            changed = sorted(k for k in new if old.get(k) != new.get(k))
+            print("spec unchanged" if not changed else "spec updated: " + ", ".join(changed))
+        elif args.command == "switchover":
+            r = ctl.switchover(args.to, timeout=args.timeout)
+            print(f"switchover done: primary moved from {r['from']} to {r['to']} in {r['seconds']}s")
+        elif args.command == "failkeeper":
+            ctl.failkeeper(args.uid)
+            print(f"requested: keeper {args.uid} will be treated as failed once")
+        elif args.command == "removekeeper":
+            ctl.removekeeper(args.uid)
+            print(f"requested: keeper {args.uid} will be removed")
+    except CtlError as exc:
+        cli.die(str(exc))
+    except StoreError as exc:
+        cli.die(f"store: {exc}")
+    except OSError as exc:
+        cli.die(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

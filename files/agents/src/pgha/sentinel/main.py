@@ -1,0 +1,215 @@
+"""pgha-sentinel: elects a leader among sentinels; the leader computes the desired cluster.
+
+Loop: keep our lease and status alive -> campaign for the leader key -> (leader only) read the
+whole cluster prefix -> ``decide()`` -> compare-and-swap the cluster data, guarded by our leader
+key -> log each decision -> wait for the next store change or ``sleep_interval``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+import uuid
+from typing import Any
+
+from pgha import cli, log as pglog
+from pgha.model import ClusterData, FormatError, KeeperStatus, Keys, ProxyStatus, SentinelStatus, keys, loads
+from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
+from pgha.spec import DEFAULTS, SpecError, normalize
+from pgha.store import Store, StoreError
+
+logger = logging.getLogger("pgha.sentinel")
+
+MIN_LOOP_GAP = 0.05  # seconds between two checks when store changes wake us
+
+
+def read_spec(raw: bytes) -> tuple[dict[str, Any], str]:
+    doc = loads(raw, "spec")
+    try:
+        return normalize(doc.get("spec")), str(doc["uid"])
+    except (SpecError, KeyError) as exc:
+        raise FormatError(f"spec: {exc}") from None
+
+
+class Sentinel:
+    def __init__(self, store: Store, prefix: str, cluster: str, uid: str) -> None:
+        self.store = store
+        self.keys: Keys = keys(prefix, cluster)
+        self.cluster = cluster
+        self.uid = uid
+        self.lease = 0
+        self.leader = False
+        self.memory = Memory()
+        self.stopping = threading.Event()
+        self.interval = DEFAULTS["sleep_interval"]
+        self.fail_interval = DEFAULTS["fail_interval"]
+        self._last_problem = ""
+        self._last_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ lease and election
+    def _ttl(self) -> int:
+        return max(2, math.ceil(self.fail_interval))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if self.lease and now - self._last_heartbeat < self.interval:
+            return  # our own status put would wake every watcher: once per sleep_interval is enough
+        self._last_heartbeat = now
+        if self.lease and self.store.keepalive(self.lease) > 0:
+            pass
+        else:
+            if self.lease:
+                logger.warning("our lease expired: re-registering (leadership, if any, is lost)")
+                self.leader = False
+            self.lease = self.store.grant(self._ttl())
+        self.store.put(self.keys.sentinel(self.uid), SentinelStatus(self.uid, time.time()).dumps(), lease=self.lease)
+
+    def _campaign(self) -> bool:
+        kv = self.store.get(self.keys.leader)
+        if kv is None:
+            self.store.cas(self.keys.leader, self.uid, 0, lease=self.lease)
+            kv = self.store.get(self.keys.leader)
+        is_leader = kv is not None and kv.value.decode() == self.uid and kv.lease == self.lease
+        if is_leader and not self.leader:
+            logger.info("became the leading sentinel: timers start afresh (a keeper is declared unhealthy only "
+                        "after fail_interval from now)")
+            self.memory = Memory()
+        elif not is_leader and self.leader:
+            logger.info("no longer the leading sentinel")
+        self.leader = is_leader
+        return is_leader
+
+    # ------------------------------------------------------------------ one check
+    def snapshot(self) -> tuple[Snapshot | None, int, int]:
+        kvs, revision = self.store.get_prefix(self.keys.base)
+        spec = spec_uid = None
+        cd: ClusterData | None = None
+        cd_rev = 0
+        keepers: dict[str, KeeperStatus] = {}
+        proxies: dict[str, ProxyStatus] = {}
+        commands: dict[str, dict[str, Any]] = {}
+        problems = []
+        for kv in kvs:
+            name = kv.key[len(self.keys.base):]
+            try:
+                if name == "spec":
+                    spec, spec_uid = read_spec(kv.value)
+                elif name == "clusterdata":
+                    cd_rev = kv.mod_revision
+                    cd = ClusterData.loads(kv.value)
+                elif name.startswith("keepers/"):
+                    st = KeeperStatus.loads(kv.value)
+                    keepers[st.uid] = st
+                elif name.startswith("proxies/"):
+                    p = ProxyStatus.loads(kv.value)
+                    proxies[p.uid] = p
+                elif name.startswith("commands/"):
+                    try:
+                        commands[name[len("commands/"):]] = json.loads(kv.value or b"{}")
+                    except ValueError:
+                        commands[name[len("commands/"):]] = {}
+            except FormatError as exc:
+                if name in ("spec", "clusterdata"):
+                    problem = f"refusing to act: {exc}"
+                    if problem != self._last_problem:
+                        logger.error(problem)
+                        self._last_problem = problem
+                    return None, revision, cd_rev
+                problems.append(f"ignoring {name}: {exc}")
+        for p in problems:
+            logger.warning(p)
+        self._last_problem = ""
+        if spec is not None:
+            self.interval = spec["sleep_interval"]
+            self.fail_interval = spec["fail_interval"]
+        snap = Snapshot(now=time.time(), mono=time.monotonic(), cluster_name=self.cluster, spec=spec,
+                        spec_uid=spec_uid, cd=cd, keepers=keepers, proxies=proxies, commands=commands)
+        return snap, revision, cd_rev
+
+    def check(self) -> int:
+        """One iteration; returns the store revision it read at."""
+        self._heartbeat()
+        if not self._campaign():
+            kvs, revision = self.store.get_prefix(self.keys.leader)
+            return revision
+        snap, revision, cd_rev = self.snapshot()
+        if snap is None:
+            return revision
+        decision: Decision = decide(snap, self.memory)
+        if decision.cd is not None:
+            ok = self.store.cas(self.keys.clusterdata, decision.cd.dumps(), cd_rev,
+                                guard=(self.keys.leader, self.uid))
+            if not ok:
+                logger.warning("cluster data changed under us or leadership lost: discarding this decision")
+                return revision
+        for event in decision.events:
+            logger.info(event)
+        for name in decision.consumed:
+            self.store.delete(self.keys.command(name))
+        return revision
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> None:
+        logger.info("sentinel %s starting for cluster %s", self.uid, self.cluster)
+        revision = 0
+        store_down_since: float | None = None
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                revision = self.check()
+                if store_down_since is not None:
+                    logger.info("store reachable again")
+                    store_down_since = None
+            except StoreError as exc:
+                if store_down_since is None:
+                    store_down_since = started
+                    logger.warning("store error: %s", exc)
+                self.leader = False
+                self.stopping.wait(self.interval)
+                continue
+            # wait for any change under the cluster prefix, at most sleep_interval
+            left = self.interval - (time.monotonic() - started)
+            if left > 0:
+                try:
+                    self.store.wait(self.keys.base, revision, left)
+                except StoreError:
+                    self.stopping.wait(left)
+            if self.stopping.wait(MIN_LOOP_GAP):
+                break
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        try:
+            if self.lease:
+                self.store.revoke(self.lease)  # frees leadership at once for the other sentinels
+        except StoreError:
+            pass
+        logger.info("sentinel %s stopped", self.uid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.common_parser("pgha-sentinel", "Watch keepers and proxies; the elected leader computes the "
+                                           "desired cluster (failure detection, election, fencing, "
+                                           "synchronous standbys).")
+    p.add_flag("--uid", help="sentinel id (random when absent)")
+    args = p.parse_args(argv)
+    pglog.setup("sentinel", args.log_level)
+    uid = args.uid or uuid.uuid4().hex[:8]
+    store = cli.store_from_args(args)
+    s = Sentinel(store, args.store_prefix, args.cluster_name, uid)
+
+    def stop(signum: int, frame: Any) -> None:
+        s.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    s.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""pgha-proxy command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import signal
+import sys
+
+from pgha import log as pgha_log
+from pgha.cli import EnvParser, common_parser, die, store_from_args
+from pgha.model import keys
+from pgha.proxy.agent import ProxyAgent
+from pgha.spec import valid_uid
+from pgha.store.base import StoreError
+
+DESCRIPTION = """\
+Routes client TCP connections to the elected PostgreSQL primary (--port) and, optionally, read-only
+connections to healthy replicas (--ro-port), as decided by the leading pgha-sentinel in the store.
+
+Fencing: when the primary changes, every connection to the old one is closed before the proxy
+acknowledges the change in the store (the sentinel waits for that acknowledgement before promoting).
+When the store cannot be read for proxy_timeout (cluster spec), the proxy closes every connection
+and stops listening until it can read the store again. A client that connects while there is no
+primary (during a failover) is held for up to proxy_timeout, then relayed or closed.
+"""
+
+EPILOG = """\
+Every flag can also be set with an environment variable PGHA_<FLAG>, e.g. PGHA_STORE_ENDPOINTS.
+
+example:
+  pgha-proxy --cluster-name main --store-endpoints http://10.0.0.1:2379 --port 5432 --ro-port 5433 \\
+      --listen-address 0.0.0.0 --api-port 8009
+"""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {value}")
+    return value
+
+
+def build_parser() -> EnvParser:
+    p = common_parser("pgha-proxy", DESCRIPTION, EPILOG)
+    p.add_flag("--uid", help="unique id of this proxy in the store (letters a-z, digits, _); "
+                             "random 8 hex digits when not given")
+    p.add_flag("--listen-address", default="127.0.0.1", help="address the client ports listen on")
+    p.add_flag("--port", type=_port, default=25432,
+               help="read-write port: relayed to the primary (0: any free port, see the status in the store)")
+    p.add_flag("--ro-port", type=_port, default=0,
+               help="read-only port: relayed round-robin to the replicas fit for reads, or to the primary when "
+                    "there is none (0: off)")
+    p.add_flag("--api-listen-address", help="address of the HTTP API (default: --listen-address)")
+    p.add_flag("--api-port", type=_port, default=0,
+               help="HTTP API port serving /health and /metrics (0: off)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    uid = args.uid or secrets.token_hex(4)
+    if not valid_uid(uid):
+        die(f"--uid {uid!r}: use 1-63 characters among a-z, 0-9 and _")
+    logger = pgha_log.setup("proxy", args.log_level)
+    try:
+        store = store_from_args(args)
+    except StoreError as exc:
+        die(str(exc))
+    agent = ProxyAgent(store, keys(args.store_prefix, args.cluster_name), uid,
+                       listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
+                       api_address=args.api_listen_address or args.listen_address, api_port=args.api_port)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda s=sig: (logger.info("received %s: shutting down", s.name),
+                                                        stop.set()))
+        await agent.run(stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        logger.error("%s", exc.strerror or exc)
+        sys.exit(1)
+    finally:
+        store.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

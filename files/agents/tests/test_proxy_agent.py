@@ -1,0 +1,402 @@
+"""The proxy agent in-process, on the in-memory store, relaying to small echo servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import socketserver
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+import pytest
+
+from pgha.model import ClusterData, KeeperSpec, ProxySpec, ProxyStatus, keys
+from pgha.proxy.agent import ProxyAgent
+from pgha.proxy.relay import RO, RW
+from pgha.spec import normalize
+from pgha.store.memory import MemoryStore
+
+KEYS = keys("pgha", "test")
+SPEC = normalize({"proxy_check_interval": 0.1, "proxy_timeout": 1})
+TIMEOUT = 1.0
+
+
+class Echo:
+    """A stand-in for PostgreSQL: answers every chunk with '<name>:<chunk>' and records what it got."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received = bytearray()
+        self.open = 0
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.open += 1
+                try:
+                    while True:
+                        data = self.request.recv(65536)
+                        if not data:
+                            return
+                        outer.received += data
+                        self.request.sendall(outer.name.encode() + b":" + data)
+                except OSError:
+                    return
+                finally:
+                    outer.open -= 1
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, store: MemoryStore, ro: bool = True, api: bool = False) -> None:
+        self.api_port = free_port() if api else 0
+        self.agent = ProxyAgent(store, KEYS, "p1", port=0, ro_port=(free_port() if ro else 0),
+                                api_port=self.api_port)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.loop is not None, what="event loop")
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.stop_event = asyncio.Event()
+            self.loop = asyncio.get_running_loop()
+            await self.agent.run(self.stop_event)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+    def stop(self) -> None:
+        if self.loop is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+    @property
+    def port(self) -> int:
+        return self.agent.ports[RW]
+
+    @property
+    def ro_port(self) -> int:
+        return self.agent.ports[RO]
+
+
+def put_cd(store: MemoryStore, target: str | None, generation: int, echoes: dict[str, Echo],
+           ro: tuple[str, ...] = ()) -> None:
+    cd = ClusterData(uid="c1", name="test", spec=SPEC,
+                     keepers={name: KeeperSpec(address=e.address) for name, e in echoes.items()},
+                     proxy=ProxySpec(target=target, generation=generation, ro_targets=ro))
+    store.put(KEYS.clusterdata, cd.dumps())
+
+
+def status(store: MemoryStore) -> ProxyStatus | None:
+    was_down, store.down = store.down, False
+    try:
+        kv = store.get(KEYS.proxy("p1"))
+    finally:
+        store.down = was_down
+    return ProxyStatus.loads(kv.value) if kv else None
+
+
+def acked(store: MemoryStore, generation: int) -> Callable[[], bool]:
+    return lambda: (s := status(store)) is not None and s.generation == generation
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def ask(sock: socket.socket, text: bytes) -> bytes:
+    sock.sendall(text)
+    return sock.recv(65536)
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 3.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.fixture
+def echoes():
+    servers = {name: Echo(name) for name in ("k1", "k2", "k3")}
+    yield servers
+    for e in servers.values():
+        e.stop()
+
+
+@pytest.fixture
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def proxy(store):
+    running = Running(store)
+    yield running
+    running.stop()
+    assert running.error is None, running.error
+
+
+def test_relays_to_the_target_and_acknowledges(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1), what="ack of generation 1")
+    st = status(store)
+    assert st.listening and st.target == "k1"
+    assert st.address == f"127.0.0.1:{proxy.port}"
+    kv = store.get(KEYS.proxy("p1"))
+    assert kv.lease != 0  # written under the proxy's lease
+    with connect(proxy.port) as c:
+        assert ask(c, b"hello") == b"k1:hello"
+        big = b"x" * 3_000_000  # exercises flow control both ways
+        c.sendall(big)
+        got = 0
+        while got < len(big) + 3:
+            got += len(c.recv(1 << 20))
+
+
+def test_target_change_closes_old_connections_before_the_ack(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    old = connect(proxy.port)
+    assert ask(old, b"a") == b"k1:a"
+    put_cd(store, "k2", 2, echoes)
+    wait_for(acked(store, 2), what="ack of generation 2")
+    # the ack is written only after the connection was closed: it must already be dead
+    old.settimeout(0.5)
+    try:
+        assert old.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    old.close()
+    with connect(proxy.port) as new:
+        assert ask(new, b"b") == b"k2:b"
+    wait_for(lambda: echoes["k1"].open == 0, what="old upstream connection closed")
+
+
+def test_target_none_closes_and_holds_new_clients_until_a_target_appears(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    old = connect(proxy.port)
+    assert ask(old, b"a") == b"k1:a"
+    put_cd(store, None, 2, echoes)
+    wait_for(acked(store, 2))
+    assert closed_by_peer(old)
+    held = connect(proxy.port)
+    held.sendall(b"early")
+    time.sleep(0.3)
+    assert echoes["k1"].received == b"a" and echoes["k2"].received == b""  # nothing forwarded while held
+    put_cd(store, "k2", 3, echoes)
+    held.settimeout(3)
+    assert held.recv(100) == b"k2:early"
+    held.close()
+
+
+def test_held_client_is_closed_when_no_target_appears(store, echoes, proxy):
+    put_cd(store, None, 1, echoes)
+    wait_for(acked(store, 1))
+    start = time.monotonic()
+    with connect(proxy.port) as c:
+        assert closed_by_peer(c, timeout=TIMEOUT + 2)
+    assert time.monotonic() - start >= TIMEOUT * 0.8
+
+
+def test_store_down_stops_listening_and_recovery_listens_again(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    c = connect(proxy.port)
+    assert ask(c, b"a") == b"k1:a"
+    store.down = True
+    assert closed_by_peer(c, timeout=TIMEOUT + 2)
+    wait_for(lambda: refuses(proxy.port), what="port refusing")
+    assert refuses(proxy.ro_port)
+    store.down = False
+    wait_for(lambda: not refuses(proxy.port), what="listening again")
+    with connect(proxy.port) as c2:
+        assert ask(c2, b"b") == b"k1:b"
+    assert status(store).listening
+
+
+def test_frozen_loop_does_not_forward_stale_data(store, echoes, proxy):
+    """A process resumed after SIGSTOP may run socket callbacks before timers: the relay checks itself."""
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    c = connect(proxy.port)
+    assert ask(c, b"a") == b"k1:a"
+    store.down = True  # like a stopped process, the store thread learns nothing new
+    proxy.loop.call_soon_threadsafe(time.sleep, TIMEOUT + 0.5)
+    time.sleep(0.2)
+    c.sendall(b"stale")
+    assert closed_by_peer(c, timeout=TIMEOUT + 3)
+    assert echoes["k1"].received == b"a"
+    store.down = False
+
+
+def test_unknown_format_is_not_trusted(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    doc = json.loads(store.get(KEYS.clusterdata).value)
+    doc["format_version"] = 99
+    doc["proxy"]["target"] = "k2"
+    doc["proxy"]["generation"] = 2
+    store.put(KEYS.clusterdata, json.dumps(doc))
+    time.sleep(0.3)
+    assert status(store).generation == 1  # not acknowledged
+    with connect(proxy.port) as c:
+        assert ask(c, b"a") == b"k1:a"  # not acted on
+    # after proxy_timeout without trusted data: fenced, and its lease revoked so nobody waits for it
+    wait_for(lambda: refuses(proxy.port), what="fenced on untrusted data")
+    wait_for(lambda: status(store) is None, what="status removed")
+    put_cd(store, "k2", 3, echoes)
+    wait_for(acked(store, 3))
+    with connect(proxy.port) as c:
+        assert ask(c, b"b") == b"k2:b"
+
+
+def test_read_only_round_robin_fallback_and_fencing(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes, ro=("k2", "k3"))
+    wait_for(acked(store, 1))
+    seen = set()
+    conns = []
+    for _ in range(4):
+        c = connect(proxy.ro_port)
+        seen.add(ask(c, b"r")[:2])
+        conns.append(c)
+    assert seen == {b"k2", b"k3"}
+    put_cd(store, "k1", 2, echoes, ro=("k3",))
+    wait_for(acked(store, 2))
+    survivors = 0
+    for c in conns:
+        c.settimeout(0.3)
+        try:
+            survivors += ask(c, b"s") == b"k3:s"
+        except OSError:
+            pass
+        c.close()
+    assert survivors == 2  # the two k3 connections live on, the k2 ones were closed
+    put_cd(store, "k1", 3, echoes, ro=())
+    wait_for(acked(store, 3))
+    with connect(proxy.ro_port) as c:
+        assert ask(c, b"f") == b"k1:f"  # no replica: read-only traffic goes to the primary
+
+
+def test_upstream_down_closes_the_client(store, echoes, proxy):
+    dead = {"k1": echoes["k1"], "gone": type("E", (), {"address": f"127.0.0.1:{free_port()}"})()}
+    put_cd(store, "gone", 1, dead)
+    wait_for(acked(store, 1))
+    with connect(proxy.port) as c:
+        assert closed_by_peer(c)
+
+
+def test_health_and_metrics(store, echoes):
+    store.down = True
+    running = Running(store, api=True)
+    try:
+        base = f"http://127.0.0.1:{running.api_port}"
+
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(base + path, timeout=3) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+            except OSError:
+                return 0, ""
+
+        wait_for(lambda: get("/health")[0] == 503, what="unhealthy before the first read")
+        assert "store not trusted" in get("/health")[1]
+        store.down = False
+        put_cd(store, "k1", 4, echoes)
+        wait_for(acked(store, 4))
+        assert get("/health") == (200, "ok\n")
+        with connect(running.port) as c:
+            assert ask(c, b"12345") == b"k1:12345"
+            code, text = get("/metrics")
+            assert code == 200
+            assert 'pgha_proxy_connections{port="rw"} 1' in text
+            assert 'pgha_proxy_connections{port="ro"} 0' in text
+            assert "pgha_proxy_connections_total 1" in text
+            assert 'pgha_proxy_bytes_total{direction="in"} 5' in text
+            assert 'pgha_proxy_bytes_total{direction="out"} 8' in text
+            assert 'pgha_proxy_target_info{target="k1"} 1' in text
+            assert "pgha_proxy_listening 1" in text
+            assert "pgha_proxy_store_age_seconds " in text
+        assert status(store).api_address == f"127.0.0.1:{running.api_port}"
+        store.down = True
+        wait_for(lambda: get("/health")[0] == 503, what="unhealthy when the store is down")
+        assert "store" in get("/health")[1]
+        wait_for(lambda: "pgha_proxy_listening 0" in get("/metrics")[1], what="metrics showing the fence")
+        store.down = False
+    finally:
+        running.stop()
+
+
+def test_shutdown_revokes_the_lease(store, echoes):
+    running = Running(store, ro=False)
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    c = connect(running.port)
+    running.stop()
+    assert running.error is None
+    assert status(store) is None
+    assert closed_by_peer(c)
+    assert refuses(running.port)
+
+
+def test_port_taken_at_start_is_an_error(store):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        agent = ProxyAgent(store, KEYS, "p1", port=busy.getsockname()[1])
+        store.put(KEYS.clusterdata, ClusterData(uid="c", name="test", spec=SPEC).dumps())
+
+        async def main() -> None:
+            await asyncio.wait_for(agent.run(asyncio.Event()), 10)
+
+        with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
+            asyncio.run(main())

@@ -7,7 +7,8 @@
 # user         the unprivileged OS user the agents run as when tests run as root (PostgreSQL refuses root)
 # venvs        the agents' venv (AGENT_VENV, world-readable, from PYTHON) and the dev venv (VENV)
 # collections  Ansible collections from requirements.yml into collections/, from Galaxy or, when Galaxy
-#              cannot be reached, from the community `ansible` wheel on PyPI
+#              cannot be reached, from the community `ansible` wheel on PyPI; also an offline stand-in
+#              for the get-pip script ansible-test downloads (scripts/ansible-test-get-pip.py)
 #
 # Environment: VENV (default <repo>/.venv), AGENT_VENV (/opt/pgha/venv), PYTHON (/usr/bin/python3),
 # PGHA_TEST_USER (pghatest), PGHA_CACHE (~/.cache/pgha), GALAXY_TIMEOUT (seconds, default 30).
@@ -110,7 +111,7 @@ step_venvs() {
       stamp="$(stamp_of "$ROOT/files/agents/requirements.txt")"
       if [ "$(cat "$AGENT_VENV/.pgha-stamp" 2>/dev/null)" != "$stamp" ]; then
           log "installing agent runtime requirements into $AGENT_VENV"
-          pip_quiet "$AGENT_VENV/bin/pip" install -q -r "$ROOT/files/agents/requirements.txt"
+          pip_quiet "$AGENT_VENV/bin/pip" install -q -r "$ROOT/files/agents/requirements.txt" 'setuptools>=70.1' wheel
           echo "$stamp" >"$AGENT_VENV/.pgha-stamp"
       fi
       if is_root && [ "${AGENT_VENV#/root/}" != "$AGENT_VENV" ]; then
@@ -122,7 +123,7 @@ step_venvs() {
     stamp="$(stamp_of "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/files/agents/pyproject.toml")"
     if [ "$(cat "$VENV/.pgha-stamp" 2>/dev/null)" != "$stamp" ]; then
         log "installing development requirements into $VENV"
-        pip_quiet "$VENV/bin/pip" install -q -r "$ROOT/requirements-dev.txt"
+        pip_quiet "$VENV/bin/pip" install -q -r "$ROOT/requirements-dev.txt" 'setuptools>=70.1' wheel
         run_logged "$PGHA_CACHE/pip-editable.log" \
             "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT/files/agents"
         "$VENV/bin/pip" check >/dev/null || { "$VENV/bin/pip" check >&2; die "pip check failed in $VENV"; }
@@ -173,6 +174,16 @@ EOF
 
 step_collections() {
     [ -x "$VENV/bin/ansible-galaxy" ] || die "no $VENV/bin/ansible-galaxy: run the venvs step first"
+    # ansible-test --venv bootstraps pip with a downloaded script; give it an offline one.
+    local pip_version getpip
+    pip_version="$("$VENV/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g
+from ansible_test._internal.host_configs import NativePythonConfig as C
+import sys; print(g(C(version="%d.%d" % sys.version_info[:2], path=sys.executable))["pip"])' 2>/dev/null || echo 24.2)"
+    getpip="$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+    if ! cmp -s "$ROOT/scripts/ansible-test-get-pip.py" "$getpip"; then
+        mkdir -p "$(dirname "$getpip")"
+        cp "$ROOT/scripts/ansible-test-get-pip.py" "$getpip"
+    fi
     mkdir -p "$COLL_DIR/pgha"
     # The collection itself, where ansible-test and molecule expect it.
     if [ "$(readlink "$COLL_DIR/pgha/cluster" 2>/dev/null)" != "../../.." ]; then

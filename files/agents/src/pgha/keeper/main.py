@@ -511,7 +511,14 @@ class Keeper:
         self.phase = "basebackup"
         host, port = follow_addr.rsplit(":", 1)
         t0 = time.monotonic()
-        self.pg.basebackup(host, int(port), f"pgha_{self.uid}")
+        try:
+            self.pg.basebackup(host, int(port), f"pgha_{self.uid}")
+        except PgError as exc:
+            if f'slot "pgha_{self.uid}" does not exist' in str(exc):
+                self.phase = "waiting for the primary to create our replication slot"
+                logger.info("%s: waiting for the primary to create replication slot pgha_%s", follow_addr, self.uid)
+                return
+            raise
         logger.info("base backup from %s done in %.1fs", follow_addr, time.monotonic() - t0)
         self.configure(want, False, follow_addr)
         self.start()

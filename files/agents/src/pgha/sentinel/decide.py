@@ -388,7 +388,9 @@ def _begin_transition(ctx: _Ctx, cd: ClusterData, kind: str, old: str | None, ne
     gen = cd.proxy.generation + 1
     t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.mono, proxy_generation=gen,
                    reason=reason, request_id=request_id)
-    cd = replace(cd, transition=t, proxy=ProxySpec(target=None, generation=gen, ro_targets=()),
+    # read-only traffic keeps flowing to the replicas that are neither party of the transition
+    ro = tuple(u for u in cd.proxy.ro_targets if u not in (old, new))
+    cd = replace(cd, transition=t, proxy=ProxySpec(target=None, generation=gen, ro_targets=ro),
                  message=f"{kind} from {old} to {new} in progress")
     if old is not None and old in cd.keepers:
         cd = cd.with_keeper(old, role=ROLE_NONE, follow=None)
@@ -470,7 +472,7 @@ def _advance_transition(ctx: _Ctx, cd: ClusterData) -> ClusterData:
                 f"routing proxies to it")
         gen = cd.proxy.generation + 1
         cd = replace(cd, transition=None, timeline=new_st.timeline,
-                     proxy=ProxySpec(target=t.new, generation=gen, ro_targets=()), message="")
+                     proxy=ProxySpec(target=t.new, generation=gen, ro_targets=cd.proxy.ro_targets), message="")
         if t.kind == "switchover" and cd.last_switchover and cd.last_switchover.get("id") == t.request_id:
             cd = replace(cd, last_switchover={**cd.last_switchover, "state": "done",
                                               "seconds": round(elapsed, 3)})

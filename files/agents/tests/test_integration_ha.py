@@ -1,0 +1,263 @@
+"""End-to-end HA behaviour with real etcd, real PostgreSQL 15 and the agents as processes on loopback."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def primary_of(st: dict[str, Any]) -> str | None:
+    return st["cluster"]["primary"]
+
+
+def healthy_cluster(n: int = 3):
+    def pred(st: dict[str, Any]) -> bool:
+        c = st["cluster"]
+        if c["phase"] != "normal" or not c["primary"] or c["transition"]:
+            return False
+        ks = {k["uid"]: k for k in st["keepers"]}
+        if len(ks) < n or not all(k["healthy"] for k in ks.values()):
+            return False
+        if ks[c["primary"]]["role"] != "primary":
+            return False
+        replicas = [k for u, k in ks.items() if u != c["primary"]]
+        return all(k["role"] == "replica" and k["streaming"] for k in replicas) and \
+            all(p["target"] == c["primary"] for p in st["proxies"])
+    return pred
+
+
+def write_row(cluster, value: str, table: str = "t") -> None:
+    conn = cluster.connect_rw()
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (id serial primary key, v text)")
+            cur.execute(f"INSERT INTO {table} (v) VALUES (%s)", (value,))
+    finally:
+        conn.close()
+
+
+def read_values(conn, table: str = "t") -> list[str]:
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT v FROM {table} ORDER BY id")
+            return [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def wait_value_on(cluster, uid: str, value: str, timeout: float = 30, table: str = "t") -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            if value in read_values(cluster.connect_keeper(uid), table):
+                return
+        except psycopg2.Error as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{value!r} never appeared on {uid}: {last}\n{cluster.logs_tail()}")
+
+
+def test_init_write_read_and_crash_failover(cluster_factory) -> None:
+    c = cluster_factory()
+    st = c.wait_for(healthy_cluster(), timeout=120, what="a healthy 3-keeper cluster")
+    old = primary_of(st)
+    write_row(c, "before")
+    for uid in c.keepers:
+        if uid != old:
+            wait_value_on(c, uid, "before")
+    # read-only port reaches a replica
+    ro = c.connect_ro()
+    with ro.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        assert cur.fetchone()[0] is True
+    ro.close()
+
+    # SIGKILL the primary's keeper and its postgres
+    c.keepers[old].signal_tree(signal.SIGKILL)
+    st = c.wait_for(lambda s: primary_of(s) not in (None, old) and s["cluster"]["transition"] is None
+                    and any(p["target"] == primary_of(s) for p in s["proxies"]),
+                    timeout=60, what="a new primary after the crash")
+    new = primary_of(st)
+    conn = c.connect_rw()
+    assert "before" in read_values(conn)
+    write_row(c, "after")
+
+    # the old primary comes back as a replica and receives new rows
+    c.keepers[old].start()
+    c.wait_for(healthy_cluster(), timeout=120, what="old primary rejoined as replica")
+    st = c.status()
+    assert primary_of(st) == new
+    wait_value_on(c, old, "after")
+
+
+class Writer:
+    """A client writing one row every ``interval`` through the proxy, recording each acknowledgement."""
+
+    def __init__(self, cluster, interval: float = 0.02, table: str = "w") -> None:
+        self.cluster = cluster
+        self.interval = interval
+        self.table = table
+        self.acked: list[int] = []
+        self.ack_times: list[float] = []
+        self.errors = 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def start(self) -> "Writer":
+        conn = self.cluster.connect_rw()
+        with conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (id bigint primary key, at timestamptz default now())")
+        conn.close()
+        self.thread.start()
+        return self
+
+    def run(self) -> None:
+        conn = None
+        n = 0
+        while not self.stop_event.is_set():
+            try:
+                if conn is None:
+                    conn = self.cluster.connect_rw(connect_timeout=2)
+                    conn.autocommit = True
+                n += 1
+                with conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (n,))
+                self.acked.append(n)
+                self.ack_times.append(time.monotonic())
+            except psycopg2.Error:
+                self.errors += 1
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg2.Error:
+                        pass
+                conn = None
+                time.sleep(0.05)
+                continue
+            time.sleep(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+
+    def max_gap(self) -> float:
+        gaps = [b - a for a, b in zip(self.ack_times, self.ack_times[1:])]
+        return max(gaps) if gaps else 0.0
+
+    def missing_on(self, conn) -> list[int]:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT id FROM {self.table}")
+                have = {r[0] for r in cur.fetchall()}
+        finally:
+            conn.close()
+        return [i for i in self.acked if i not in have]
+
+
+def test_freeze_primary_fails_over_and_rejoins(cluster_factory) -> None:
+    c = cluster_factory()
+    st = c.wait_for(healthy_cluster(), timeout=120, what="a healthy cluster")
+    old = primary_of(st)
+    frozen_port = c.keeper_pg_port[old]
+    c.keepers[old].signal_tree(signal.SIGSTOP)
+    try:
+        st = c.wait_for(lambda s: primary_of(s) not in (None, old) and s["cluster"]["transition"] is None
+                        and all(p["target"] == primary_of(s) for p in s["proxies"]),
+                        timeout=60, what="failover away from the frozen primary")
+        new = primary_of(st)
+        # the proxy routes to the new primary, never to the frozen one
+        for _ in range(5):
+            conn = c.connect_rw()
+            with conn.cursor() as cur:
+                cur.execute("SELECT inet_server_port(), pg_is_in_recovery()")
+                port, in_recovery = cur.fetchone()
+            conn.close()
+            assert port != frozen_port and port == c.keeper_pg_port[new] and in_recovery is False
+        write_row(c, "while-frozen")
+    finally:
+        c.keepers[old].signal_tree(signal.SIGCONT)
+    # it fences itself on resume (its lease is gone) and rejoins as a replica
+    c.wait_for(healthy_cluster(), timeout=120, what="frozen primary rejoined as a replica")
+    assert primary_of(c.status()) == new
+    wait_value_on(c, old, "while-frozen")
+    assert "FENCING" in c.keepers[old].log_text() or "stopped" in c.keepers[old].log_text()
+
+
+def test_switchover_with_continuous_writer(cluster_factory) -> None:
+    c = cluster_factory()
+    st = c.wait_for(healthy_cluster(), timeout=120, what="a healthy cluster")
+    old = primary_of(st)
+    target = sorted(u for u in c.keepers if u != old)[0]
+    w = Writer(c).start()
+    time.sleep(1.0)
+    out = c.ctl("switchover", "--to", target, timeout=90)
+    assert "switchover done" in out.stdout
+    time.sleep(1.0)
+    w.stop()
+    st = c.wait_for(healthy_cluster(), timeout=120, what="old primary rejoined after the switchover")
+    assert primary_of(st) == target
+    assert w.acked, "the writer never succeeded"
+    assert w.missing_on(c.connect_rw()) == []
+    # refused switchovers say why and change nothing
+    bad = c.ctl("switchover", "--to", target, check=False)
+    assert bad.returncode != 0 and "already the primary" in bad.stderr
+    bad = c.ctl("switchover", "--to", "nosuchkeeper", check=False)
+    assert bad.returncode != 0 and "no keeper nosuchkeeper" in bad.stderr
+
+
+def test_synchronous_crash_failover_loses_no_acknowledged_write(cluster_factory) -> None:
+    c = cluster_factory(spec={"synchronous_replication": True})
+    st = c.wait_for(lambda s: healthy_cluster()(s) and len(s["cluster"]["synchronous_standbys"]) == 1
+                    and any(k["sync_candidate"] for k in s["keepers"]),
+                    timeout=120, what="a healthy synchronous cluster with a failover candidate")
+    old = primary_of(st)
+    w = Writer(c).start()
+    time.sleep(2.0)
+    c.keepers[old].signal_tree(signal.SIGKILL)
+    st = c.wait_for(lambda s: primary_of(s) not in (None, old) and s["cluster"]["transition"] is None
+                    and all(p["target"] == primary_of(s) for p in s["proxies"]),
+                    timeout=60, what="a new primary after the crash")
+    time.sleep(3.0)
+    w.stop()
+    assert len(w.acked) > 50
+    missing = w.missing_on(c.connect_rw())
+    assert missing == [], f"acknowledged writes lost: {missing[:20]}"
+    c.keepers[old].start()
+    c.wait_for(healthy_cluster(), timeout=120, what="old primary rejoined")
+
+
+def test_proxy_stops_listening_without_store_and_resumes(cluster_factory) -> None:
+    import socket
+
+    c = cluster_factory(keepers=1, sentinels=1)
+    c.wait_for(healthy_cluster(1), timeout=120, what="a one-keeper cluster")
+    port = next(iter(c.proxy_port.values()))
+    write_row(c, "x")
+    c.etcd.stop()
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    deadline = time.monotonic() + 30
+    while listening() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not listening(), "the proxy kept listening with the store down"
+    c.etcd.start()
+    c.wait_for(healthy_cluster(1), timeout=90, what="the cluster back after the store returned")
+    deadline = time.monotonic() + 30
+    while not listening() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert listening()
+    write_row(c, "y")

@@ -32,6 +32,16 @@ def parse_bool(text: str | bool) -> bool:
 class EnvParser(argparse.ArgumentParser):
     """ArgumentParser whose options default to their PGHA_* environment variable."""
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        argv = sys.argv[1:] if args is None else list(args)
+        if self._subparsers is None:
+            # name a misspelt flag first, rather than complaining about the required ones it hides
+            unknown = [a.split("=", 1)[0] for a in argv
+                       if a.startswith("--") and a.split("=", 1)[0] not in self._option_string_actions]
+            if unknown:
+                self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return super().parse_args(argv, namespace)
+
     def add_flag(self, flag: str, *, required: bool = False, default: Any = None, help: str = "",
                  **kw: Any) -> None:
         env = env_name(flag)

@@ -1,0 +1,197 @@
+"""Bad input gets a clear error and loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import harness
+from pgha import spec as specmod
+from pgha.model import ClusterData, FormatError, KeeperStatus
+
+AGENTS = ("pgha-keeper", "pgha-sentinel", "pgha-proxy", "pghactl")
+
+
+def run(prog: str, *args: str, env: dict[str, str] | None = None, user: str | None = None,
+        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    path = os.path.join(os.path.dirname(sys.executable), prog)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PGHA_")}
+    full_env.update(env or {})
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          stdin=subprocess.DEVNULL, user=user)
+
+
+# ------------------------------------------------------------------------------------ flags
+
+
+@pytest.mark.parametrize("prog", AGENTS)
+def test_help_explains(prog: str) -> None:
+    out = run(prog, "--help")
+    assert out.returncode == 0
+    assert "--cluster-name" in out.stdout and "PGHA_CLUSTER_NAME" in out.stdout
+
+
+@pytest.mark.parametrize("prog", AGENTS)
+def test_unknown_flag_is_named(prog: str) -> None:
+    out = run(prog, "--cluster-name", "x", "--no-such-flag", "status" if prog == "pghactl" else "--uid=a")
+    assert out.returncode == 2
+    assert "--no-such-flag" in out.stderr
+
+
+def test_flags_from_environment() -> None:
+    out = run("pghactl", "status", env={"PGHA_CLUSTER_NAME": "x", "PGHA_STORE_ENDPOINTS": "http://127.0.0.1:1",
+                                        "PGHA_STORE_TIMEOUT": "0.5"})
+    assert out.returncode == 1
+    assert "store" in out.stderr and "127.0.0.1:1" in out.stderr  # it used the endpoint from the environment
+
+
+def test_store_down_is_a_clear_error() -> None:
+    out = run("pghactl", "--cluster-name", "x", "--store-endpoints", "http://127.0.0.1:1,http://127.0.0.1:2",
+              "status")
+    assert out.returncode == 1
+    assert "store unreachable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_malformed_endpoint() -> None:
+    out = run("pghactl", "--cluster-name", "x", "--store-endpoints", "etcd:2379", "status")
+    assert out.returncode != 0 and "invalid store endpoint" in out.stderr
+
+
+# ------------------------------------------------------------------------------------ spec
+
+
+@pytest.mark.parametrize("doc,fragment", [
+    ({"sleep_intervall": 1}, "sleep_intervall"),
+    ({"fail_interval": "soon"}, "fail_interval"),
+    ({"fail_interval": "0.5s"}, "fail_interval"),
+    ({"min_synchronous_standbys": 3}, "min_synchronous_standbys"),
+    ({"max_synchronous_standbys": 0}, "max_synchronous_standbys"),
+    ({"proxy_check_interval": "5s", "proxy_timeout": "2s"}, "proxy_check_interval"),
+    ({"pg_parameters": {"port": "1"}}, "pg_parameters.port"),
+    ({"pg_parameters": {"work_mem": ["x"]}}, "pg_parameters.work_mem"),
+    ({"pg_hba": ["host all all 0.0.0.0/0 md5\nlocal all all trust"]}, "pg_hba"),
+    ({"init_mode": "pitr"}, "init_mode"),
+    ({"init_mode": "existing"}, "existing_keeper"),
+    ({"synchronous_replication": "yes"}, "synchronous_replication"),
+    ([1, 2], "spec"),
+])
+def test_bad_spec_names_the_key(doc: object, fragment: str) -> None:
+    with pytest.raises(specmod.SpecError, match=fragment.replace(".", r"\.")):
+        specmod.normalize(doc)
+
+
+def test_spec_defaults_and_durations() -> None:
+    s = specmod.normalize({"sleep_interval": "250ms", "fail_interval": "2s", "proxy_timeout": 4})
+    assert s["sleep_interval"] == 0.25 and s["fail_interval"] == 2.0 and s["proxy_timeout"] == 4.0
+    assert s["use_pg_rewind"] is True and s["pg_parameters"] == {}
+    assert specmod.normalize(s) == s  # normalizing is idempotent
+
+
+def test_merge_patch_and_update() -> None:
+    s = specmod.normalize({"pg_parameters": {"work_mem": "4MB", "maintenance_work_mem": "64MB"}})
+    new = specmod.update(s, {"pg_parameters": {"work_mem": None}, "fail_interval": "5s"})
+    assert new["pg_parameters"] == {"maintenance_work_mem": "64MB"} and new["fail_interval"] == 5.0
+    with pytest.raises(specmod.SpecError, match="init_mode"):
+        specmod.update(s, {"init_mode": "existing", "existing_keeper": "k1"})
+
+
+# ------------------------------------------------------------------------------------ stored documents
+
+
+@pytest.mark.parametrize("raw", [b"not json", b'{"format_version": 99, "uid": "x"}', b'{"uid": "x"}', b"[]"])
+def test_unknown_or_malformed_documents_are_refused(raw: bytes) -> None:
+    with pytest.raises(FormatError):
+        ClusterData.loads(raw)
+    with pytest.raises(FormatError):
+        KeeperStatus.loads(raw)
+
+
+# ------------------------------------------------------------------------------------ with a store
+
+
+@pytest.mark.integration
+@pytest.mark.needs("etcd")
+def test_init_twice_needs_yes_and_bad_spec_writes_nothing(tmp_path: Path) -> None:
+    etcd = harness.EtcdCluster(tmp_path / "etcd", 1)
+    etcd.start()
+    try:
+        common = ["--cluster-name", "c", "--store-endpoints", etcd.endpoints]
+        bad = run("pghactl", *common, "init", "--spec", '{"fail_interval": "x"}')
+        assert bad.returncode == 1 and "fail_interval" in bad.stderr
+        assert "not initialized" in json.loads(run("pghactl", *common, "status", "--format", "json").stdout
+                                               )["cluster"]["message"]
+        bad = run("pghactl", *common, "init", "--spec", "{not json")
+        assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+        ok = run("pghactl", *common, "init", "--spec", '{"synchronous_replication": true}')
+        assert ok.returncode == 0, ok.stderr
+        again = run("pghactl", *common, "init")
+        assert again.returncode == 1 and "already initialized" in again.stderr and "--yes" in again.stderr
+        spec = json.loads(run("pghactl", *common, "spec").stdout)
+        assert spec["synchronous_replication"] is True  # the refused init changed nothing
+        upd = run("pghactl", *common, "update", "--patch", '{"max_synchronous_standbys": 0}')
+        assert upd.returncode == 1 and "max_synchronous_standbys" in upd.stderr
+        upd = run("pghactl", *common, "update", "--patch", '{"pg_parameters": {"work_mem": "8MB"}}')
+        assert upd.returncode == 0 and "pg_parameters" in upd.stdout
+        assert json.loads(run("pghactl", *common, "spec").stdout)["pg_parameters"] == {"work_mem": "8MB"}
+        forced = run("pghactl", *common, "init", "--yes")
+        assert forced.returncode == 0
+        sw = run("pghactl", *common, "switchover")
+        assert sw.returncode == 1 and "no primary" in sw.stderr
+    finally:
+        etcd.stop()
+
+
+# ------------------------------------------------------------------------------------ keeper refusals
+
+
+def _keeper_args(cluster, uid: str, data_dir: Path) -> list[str]:
+    return [*cluster.common_args(), "--uid", uid, "--data-dir", str(data_dir), "--pg-port", str(harness.free_port()),
+            "--pg-su-password-file", str(cluster.su_password_file),
+            "--pg-repl-password-file", str(cluster.repl_password_file)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: checks that the keeper refuses to run as root")
+def test_keeper_refuses_root(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    out = run("pgha-keeper", "--cluster-name", "c", "--uid", "k1", "--data-dir", str(tmp_path / "d"),
+              "--pg-su-password-file", str(pw), "--pg-repl-password-file", str(pw))
+    assert out.returncode == 1 and "refusing to run as root" in out.stderr
+    assert "secret" not in out.stderr
+
+
+@pytest.mark.integration
+def test_keeper_lock_and_foreign_cluster(cluster_factory) -> None:
+    c = cluster_factory(keepers=1, sentinels=1, proxies=0)
+    c.wait_for(lambda s: s["cluster"]["phase"] == "normal", timeout=120, what="a one-keeper cluster")
+    data_dir = c.tmp / "keeper0" / "data"
+    user = c.user if harness.running_as_root() else None
+    # a second keeper on the same data directory exits with a clear error
+    env = {"PATH": os.environ.get("PATH", "")}
+    second = subprocess.run([os.path.join(harness.AGENT_BIN, "pgha-keeper"), *_keeper_args(c, "keeper0", data_dir)],
+                            capture_output=True, text=True, timeout=30, user=user, env=env)
+    assert second.returncode == 1 and "in use by another keeper" in second.stderr, second.stderr
+    # the same data directory under another uid is refused
+    c.keepers["keeper0"].stop()
+    other_uid = subprocess.run([os.path.join(harness.AGENT_BIN, "pgha-keeper"),
+                                *_keeper_args(c, "keeper9", data_dir)],
+                               capture_output=True, text=True, timeout=30, user=user, env=env)
+    assert other_uid.returncode == 1 and "belongs to keeper 'keeper0'" in other_uid.stderr, other_uid.stderr
+    # re-initialize the cluster as a new one: the keeper refuses to touch the old cluster's data
+    c.ctl("init", "--yes")
+    c.keepers["keeper0"].start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "belongs to cluster" in c.keepers["keeper0"].log_text():
+            break
+        time.sleep(0.3)
+    assert "refusing to touch it" in c.keepers["keeper0"].log_text()
+    assert (data_dir / "postgres" / "PG_VERSION").exists()  # nothing was lost
+    st = c.status()
+    assert st["cluster"]["primary"] is None

@@ -94,6 +94,8 @@ CASES = [
          close_ro=frozenset({"keeper1"}), generation=8, rw=K2, ro=(K2,)),
     Case("ro empty and no primary routes ro nowhere", routed(), Observation(101.0, cd=cd(None, 8, ())), 101.1,
          True, close_rw=frozenset({"keeper1"}), close_ro=frozenset({"keeper2"}), generation=8, rw=None, ro=()),
+    Case("ro port off: no read-only routes", replace(ProxyState(), ro_enabled=False),
+         Observation(100.0, cd=cd("keeper1", 1, ("keeper2",))), 100.1, True, generation=1, rw=K1, ro=()),
     Case("spec timings are taken from the cluster data", ProxyState(),
          Observation(100.0, cd=cd("keeper1", 1, spec=normalize({"proxy_check_interval": 0.2, "proxy_timeout": 1}))),
          101.05, False, close_all=True, ack=False),

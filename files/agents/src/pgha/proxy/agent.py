@@ -42,7 +42,7 @@ class ProxyAgent:
         self.enabled = {RW: True, RO: bool(ro_port)}
         self.api_address = api_address if api_address is not None else listen_address
         self.api_port = api_port
-        self.state = ProxyState()
+        self.state = ProxyState(ro_enabled=bool(ro_port))
         self.api: http.ApiServer | None = None
         self.pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -257,6 +257,10 @@ class ProxyAgent:
                 status, st = self._result(future)
             except (RuntimeError, concurrent.futures.CancelledError):
                 break  # the loop is shutting down
+            except Exception:  # a bug in applying must not end the store thread: the proxy would never recover
+                log.exception("unexpected error applying the cluster data")
+                self._stopping.wait(self.state.check_interval)
+                continue
             if st is None:
                 break
             now = time.monotonic()
@@ -337,7 +341,7 @@ class ProxyAgent:
             return 503, http.TEXT_CONTENT_TYPE, f"store not trusted: {st.distrust}\n"
         if not self.listening:
             if st.listening:
-                why = "; ".join(self._listen_error.values()) or "starting"
+                why = "; ".join(list(self._listen_error.values())) or "starting"
                 return 503, http.TEXT_CONTENT_TYPE, f"not listening: {why}\n"
             return 503, http.TEXT_CONTENT_TYPE, "not listening: store unreadable for longer than proxy_timeout\n"
         return 200, http.TEXT_CONTENT_TYPE, "ok\n"

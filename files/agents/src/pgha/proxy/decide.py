@@ -54,6 +54,7 @@ class ProxyState:
     rw: Route | None = None
     ro: tuple[Route, ...] = ()  # read-only routes (the primary when ro_fallback)
     ro_fallback: bool = False
+    ro_enabled: bool = True  # False when the read-only port is off: no read-only routes at all
 
     @property
     def deadline(self) -> float:
@@ -131,12 +132,14 @@ def decide(state: ProxyState, obs: Observation | None, now: float) -> Actions:
             check, timeout = float(DEFAULTS["proxy_check_interval"]), float(DEFAULTS["proxy_timeout"])
         last_good = obs.at if st.last_good is None else max(st.last_good, obs.at)
         if not st.trusted and st.last_good is not None:
-            messages.append(f"store readable again ({st.distrust} before)")
+            messages.append(f"store readable again (was: {st.distrust})")
         st = replace(st, trusted=True, distrust="", last_good=last_good, check_interval=check, timeout=timeout)
         generation, rw, ro, problems = routes(obs.cd)
         if obs.absent and state.generation == -1 and state.last_good is None:
             messages.append("no cluster data yet: not routing")
-        ro_fallback = not ro and rw is not None
+        if not st.ro_enabled:
+            ro = ()
+        ro_fallback = st.ro_enabled and not ro and rw is not None
         if ro_fallback:
             ro = (rw,)
         if rw != state.rw or generation != state.generation:
@@ -169,7 +172,7 @@ def decide(state: ProxyState, obs: Observation | None, now: float) -> Actions:
         messages.append("listening: the store is readable")
     elif not fresh and st.listening:
         age = now - st.last_good if st.last_good is not None else float("inf")
-        why = st.distrust or "no trusted read"
+        why = st.distrust or "no successful read in time"
         messages.append(f"store unreadable for {age:.1f}s (> proxy_timeout {st.timeout:.1f}s; {why}): "
                         "closing all connections, stopped listening")
         st = replace(st, listening=False)

@@ -57,10 +57,16 @@ class EnvParser(argparse.ArgumentParser):
         self.add_argument(flag, required=required, default=default, help=help + shown, **kw)
 
 
-def common_parser(prog: str, description: str, epilog: str | None = None) -> EnvParser:
+def common_parser(prog: str, description: str, epilog: str | None = None, *,
+                  require_cluster: bool = True) -> EnvParser:
     p = EnvParser(prog=prog, description=description, epilog=epilog,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_flag("--cluster-name", required=True, help="name of the cluster")
+    add_common_flags(p, require_cluster)
+    return p
+
+
+def add_common_flags(p: EnvParser, require_cluster: bool = True) -> None:
+    p.add_flag("--cluster-name", required=require_cluster, help="name of the cluster")
     p.add_flag("--store-endpoints", default="http://127.0.0.1:2379",
                help="comma-separated etcd v3 endpoints, http(s)://host:port; tried in order")
     p.add_flag("--store-prefix", default="pgha", help="key prefix in the store")
@@ -70,6 +76,19 @@ def common_parser(prog: str, description: str, epilog: str | None = None) -> Env
     p.add_flag("--store-timeout", type=float, default=2.0, help="seconds before a store request fails")
     p.add_flag("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                help="log verbosity")
+
+
+def suppressed_common_flags() -> argparse.ArgumentParser:
+    """The common flags with no defaults, for subcommands: given after the subcommand they override,
+    absent they leave the main parser's values alone."""
+    p = EnvParser(add_help=False)
+    tmp = EnvParser(add_help=False)
+    add_common_flags(tmp, require_cluster=False)
+    for action in tmp._actions:
+        if not action.option_strings:
+            continue
+        p.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS,
+                       type=action.type, choices=action.choices, help=argparse.SUPPRESS)
     return p
 
 

@@ -266,31 +266,38 @@ def _load_json(text: str, what: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.common_parser(
-        "pghactl", "Initialize, inspect and steer a pgha cluster.",
+        "pghactl", "Initialize, inspect and steer a pgha cluster.", require_cluster=False,
         epilog="examples:\n"
                "  pghactl --cluster-name main init --spec '{\"synchronous_replication\": true}'\n"
                "  pghactl --cluster-name main status --format json\n"
                "  pghactl --cluster-name main update --patch '{\"pg_parameters\": {\"work_mem\": \"8MB\"}}'\n"
                "  pghactl --cluster-name main switchover --to keeper1")
+    common = cli.suppressed_common_flags()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sp = sub.add_parser("init", help="initialize a new cluster with a spec")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    sp = add("init", "initialize a new cluster with a spec")
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--spec", help="the spec as JSON")
     g.add_argument("--spec-file", help="read the spec from this JSON file ('-' for stdin)")
     sp.add_argument("--yes", "-y", action="store_true", help="re-initialize an already initialized cluster")
-    sp = sub.add_parser("status", help="show the cluster, keepers, sentinels and proxies")
+    sp = add("status", "show the cluster, keepers, sentinels and proxies")
     sp.add_argument("--format", choices=["text", "json"], default="text")
-    sub.add_parser("spec", help="print the current spec with defaults filled in (JSON)")
-    sp = sub.add_parser("update", help="change the spec with a JSON merge patch (validated first)")
+    add("spec", "print the current spec with defaults filled in (JSON)")
+    sp = add("update", "change the spec with a JSON merge patch (validated first)")
     sp.add_argument("--patch", required=True, help='merge patch, e.g. \'{"fail_interval": "5s"}\'')
-    sp = sub.add_parser("switchover", help="move the primary to another keeper with minimal write downtime")
+    sp = add("switchover", "move the primary to another keeper with minimal write downtime")
     sp.add_argument("--to", help="target keeper uid (default: the best eligible replica)")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for completion")
-    sp = sub.add_parser("failkeeper", help="make the sentinel treat a keeper as failed once (forces failover)")
+    sp = add("failkeeper", "make the sentinel treat a keeper as failed once (forces failover)")
     sp.add_argument("uid")
-    sp = sub.add_parser("removekeeper", help="remove a (dead) keeper from the cluster")
+    sp = add("removekeeper", "remove a (dead) keeper from the cluster")
     sp.add_argument("uid")
     args = p.parse_args(argv)
+    if not args.cluster_name:
+        p.error("the following arguments are required: --cluster-name (or PGHA_CLUSTER_NAME)")
 
     try:
         ctl = Ctl(cli.store_from_args(args), args.store_prefix, args.cluster_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgha.model import ROLE_NONE, ROLE_PRIMARY, ROLE_REPLICA, KeeperSpec
+from pgha.model import ROLE_NONE, ROLE_PRIMARY, KeeperSpec
 
 WAIT = "wait"
 REFUSE = "refuse"

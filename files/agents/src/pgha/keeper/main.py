@@ -52,7 +52,7 @@ DEFAULT_PG_PARAMETERS = {
     "wal_level": "replica",
     "wal_keep_size": "256MB",
     "wal_receiver_status_interval": "1s",
-    "wal_retrieve_retry_interval": "500ms",
+    "wal_retrieve_retry_interval": "100ms",
     "wal_sender_timeout": "10s",
     "wal_receiver_timeout": "10s",
     "log_line_prefix": "%m [%p] %q%u@%d ",

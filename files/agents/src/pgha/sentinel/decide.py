@@ -394,6 +394,11 @@ def _begin_transition(ctx: _Ctx, cd: ClusterData, kind: str, old: str | None, ne
                  message=f"{kind} from {old} to {new} in progress")
     if old is not None and old in cd.keepers:
         cd = cd.with_keeper(old, role=ROLE_NONE, follow=None)
+    # the other replicas cascade from the new primary already: when it is promoted they are connected
+    # and follow its new timeline, so a synchronous standby is there to acknowledge the first commits
+    for uid in sorted(cd.keepers):
+        if uid not in (old, new) and cd.keepers[uid].role == ROLE_REPLICA and cd.keepers[uid].follow != new:
+            cd = cd.with_keeper(uid, follow=new)
     return cd
 
 

@@ -260,4 +260,14 @@ def test_proxy_stops_listening_without_store_and_resumes(cluster_factory) -> Non
     while not listening() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert listening()
-    write_row(c, "y")
+    # the keeper fenced itself while the store was away and restarts PostgreSQL now: retry as a client would
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            write_row(c, "y")
+            break
+        except psycopg2.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert "FENCING" in c.keepers["keeper0"].log_text()

@@ -271,3 +271,21 @@ def test_proxy_stops_listening_without_store_and_resumes(cluster_factory) -> Non
                 raise
             time.sleep(0.5)
     assert "FENCING" in c.keepers["keeper0"].log_text()
+
+
+def test_leading_sentinel_dies_with_the_primary(cluster_factory) -> None:
+    c = cluster_factory()
+    st = c.wait_for(healthy_cluster(), timeout=120, what="a healthy cluster")
+    old = primary_of(st)
+    leader = next(s["uid"] for s in st["sentinels"] if s["leader"])
+    c.sentinels[leader].kill(signal.SIGKILL)
+    c.keepers[old].signal_tree(signal.SIGKILL)
+    st = c.wait_for(lambda s: primary_of(s) not in (None, old) and s["cluster"]["transition"] is None
+                    and all(p["target"] == primary_of(s) for p in s["proxies"])
+                    and any(x["leader"] and x["uid"] != leader for x in s["sentinels"]),
+                    timeout=90, what="the other sentinel took over and failed over")
+    write_row(c, "after-both-died")
+    c.sentinels[leader].start()
+    c.keepers[old].start()
+    c.wait_for(healthy_cluster(), timeout=120, what="everything back")
+    wait_value_on(c, old, "after-both-died")

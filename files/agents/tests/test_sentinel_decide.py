@@ -155,13 +155,13 @@ CASES: list[Case] = [
     ("fence stage waits for every live proxy to acknowledge",
      lambda: snap(replace(cluster(), proxy=ProxySpec(None, 4), keepers={**cluster().keepers,
                                                                         "k1": KeeperSpec(role="none")},
-                          transition=Transition("failover", "k1", "k2", "fence", 99.0, 4)),
+                          transition=Transition("failover", "k1", "k2", "fence", NOW - 1, 4)),
                   [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4), ProxyStatus("p2", generation=3)]),
      lambda d, cd: (d.cd is None) or pytest.fail(f"promoted before every proxy acknowledged: {d.events}")),
     ("fence stage promotes once proxies acknowledged (gone proxies are not waited for)",
      lambda: snap(replace(cluster(), proxy=ProxySpec(None, 4), keepers={**cluster().keepers,
                                                                         "k1": KeeperSpec(role="none")},
-                          transition=Transition("failover", "k1", "k2", "fence", 99.0, 4)),
+                          transition=Transition("failover", "k1", "k2", "fence", NOW - 1, 4)),
                   [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
      lambda d, cd: (cd.primary == "k2" and cd.keepers["k2"].role == "primary" and cd.transition is not None
                     and cd.transition.stage == "promote" and cd.keepers["k3"].follow == "k2"
@@ -169,7 +169,7 @@ CASES: list[Case] = [
                     and cd.proxy.target is None) or pytest.fail(str(cd))),
     ("promote stage routes proxies once the new primary reports itself primary",
      lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
-                          transition=Transition("failover", "k1", "k2", "promote", 99.0, 4)),
+                          transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4)),
                   [ks("k2", "primary", tl=2, repl=rows("k3")), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
      lambda d, cd: (cd.transition is None and cd.proxy.target == "k2" and cd.proxy.generation == 5
                     and cd.timeline == 2) or pytest.fail(str(cd))),
@@ -185,21 +185,21 @@ CASES: list[Case] = [
                     and "already the primary" in cd.last_switchover["reason"]) or pytest.fail(str(cd))),
     ("switchover waits for the target to receive the old primary's final WAL",
      lambda: snap(replace(cluster(), proxy=ProxySpec(None, 4),
-                          transition=Transition("switchover", "k1", "k2", "fence", 99.0, 4, request_id="s1")),
+                          transition=Transition("switchover", "k1", "k2", "fence", NOW - 1, 4, request_id="s1")),
                   [ks("k1", "none", running=False, final_lsn=500), ks("k2", lsn=400), ks("k3")],
                   proxies=[ProxyStatus("p1", generation=4)]),
      lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence" and cd.transition.old_final_lsn == 500)
      or pytest.fail(str(cd))),
     ("switchover promotes once the target caught up",
      lambda: snap(replace(cluster(), proxy=ProxySpec(None, 4),
-                          transition=Transition("switchover", "k1", "k2", "fence", 99.0, 4, request_id="s1")),
+                          transition=Transition("switchover", "k1", "k2", "fence", NOW - 1, 4, request_id="s1")),
                   [ks("k1", "none", running=False, final_lsn=500), ks("k2", lsn=600), ks("k3")],
                   proxies=[ProxyStatus("p1", generation=4)]),
      lambda d, cd: (cd.transition is not None and cd.transition.stage == "promote" and cd.primary == "k2")
      or pytest.fail(str(cd))),
     ("switchover aborted after its timeout restores the old primary",
      lambda: snap(replace(cluster(), proxy=ProxySpec(None, 4), last_switchover={"id": "s1", "state": "running"},
-                          transition=Transition("switchover", "k1", "k2", "fence", 10.0, 4, request_id="s1")),
+                          transition=Transition("switchover", "k1", "k2", "fence", NOW - 90, 4, request_id="s1")),
                   [ks("k1", "none", running=False, final_lsn=500), ks("k2", lsn=400), ks("k3")],
                   proxies=[ProxyStatus("p1", generation=4)], mono=100.0),
      lambda d, cd: (cd.transition is None and cd.keepers["k1"].role == "primary" and cd.proxy.target == "k1"
@@ -252,7 +252,7 @@ CASES: list[Case] = [
     ("sync mode: new primary starts with a live synchronous standby before accepting writes",
      lambda: snap(replace(cluster(spec=spec(synchronous_replication=True), sync=SyncState(("k2",), ("k2",), 700)),
                           proxy=ProxySpec(None, 4), keepers={**cluster().keepers, "k1": KeeperSpec(role="none")},
-                          transition=Transition("failover", "k1", "k2", "fence", 99.0, 4)),
+                          transition=Transition("failover", "k1", "k2", "fence", NOW - 1, 4)),
                   [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
      lambda d, cd: (cd.keepers["k2"].synchronous_standbys == ("k3",) and cd.sync.standbys == ("k3",)
                     and cd.sync.candidates == ()) or pytest.fail(str(cd))),

@@ -184,7 +184,7 @@ class Transition:
     old: str | None
     new: str
     stage: str  # fence | promote
-    started: float
+    started: float  # wall-clock time the transition began
     proxy_generation: int
     reason: str = ""
     request_id: str | None = None

@@ -386,7 +386,8 @@ def _failover(ctx: _Ctx, cd: ClusterData) -> ClusterData:
 def _begin_transition(ctx: _Ctx, cd: ClusterData, kind: str, old: str | None, new: str, *,
                       reason: str = "", request_id: str | None = None) -> ClusterData:
     gen = cd.proxy.generation + 1
-    t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.mono, proxy_generation=gen,
+    # stored timestamps are wall-clock: another sentinel may finish the transition
+    t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.now, proxy_generation=gen,
                    reason=reason, request_id=request_id)
     # read-only traffic keeps flowing to the replicas that are neither party of the transition
     ro = tuple(u for u in cd.proxy.ro_targets if u not in (old, new))
@@ -446,7 +447,7 @@ def _advance_transition(ctx: _Ctx, cd: ClusterData) -> ClusterData:
     snap = ctx.snap
     spec = cd.spec
     new_st = snap.keepers.get(t.new)
-    elapsed = snap.mono - t.started
+    elapsed = snap.now - t.started
 
     if t.stage == "fence":
         new_reason = _failure_reason(ctx, cd, t.new)
@@ -513,7 +514,7 @@ def _promote(ctx: _Ctx, cd: ClusterData) -> ClusterData:
     assert t is not None
     new = t.new
     standbys = _initial_sync_set(ctx, cd, new, t.old)
-    cd = replace(cd, primary=new, transition=replace(t, stage="promote", started=t.started),
+    cd = replace(cd, primary=new, transition=replace(t, stage="promote"),
                  sync=SyncState(standbys=standbys, candidates=(), barrier=None))
     cd = cd.with_keeper(new, role=ROLE_PRIMARY, follow=None, init=None, synchronous_standbys=standbys)
     for uid in sorted(cd.keepers):

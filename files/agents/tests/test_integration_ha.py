@@ -43,6 +43,20 @@ def write_row(cluster, value: str, table: str = "t") -> None:
         conn.close()
 
 
+def write_row_retrying(cluster, value: str, timeout: float = 60) -> None:
+    """Write like a client that retries: right after a keeper restart the status in the store can
+    still be the previous process's while PostgreSQL is starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            write_row(cluster, value)
+            return
+        except psycopg2.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def read_values(conn, table: str = "t") -> list[str]:
     try:
         with conn.cursor() as cur:
@@ -260,16 +274,8 @@ def test_proxy_stops_listening_without_store_and_resumes(cluster_factory) -> Non
     while not listening() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert listening()
-    # the keeper fenced itself while the store was away and restarts PostgreSQL now: retry as a client would
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            write_row(c, "y")
-            break
-        except psycopg2.Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    # the keeper fenced itself while the store was away and restarts PostgreSQL now
+    write_row_retrying(c, "y")
     assert "FENCING" in c.keepers["keeper0"].log_text()
 
 
@@ -289,3 +295,22 @@ def test_leading_sentinel_dies_with_the_primary(cluster_factory) -> None:
     c.keepers[old].start()
     c.wait_for(healthy_cluster(), timeout=120, what="everything back")
     wait_value_on(c, old, "after-both-died")
+
+
+def test_postgres_never_outlives_its_keeper(cluster_factory) -> None:
+    import os
+
+    c = cluster_factory(keepers=1, sentinels=1, proxies=1)
+    c.wait_for(healthy_cluster(1), timeout=120, what="a one-keeper cluster")
+    agent = c.keepers["keeper0"]
+    pidfile = c.tmp / "keeper0" / "data" / "postgres" / "postmaster.pid"
+    postmaster = int(pidfile.read_text().splitlines()[0])
+    assert postmaster != agent.proc.pid
+    os.kill(agent.proc.pid, signal.SIGKILL)  # only the keeper, not its PostgreSQL
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{postmaster}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{postmaster}"), "PostgreSQL kept running without its keeper (unfenced)"
+    agent.start()
+    c.wait_for(healthy_cluster(1), timeout=120, what="keeper and PostgreSQL back")
+    write_row_retrying(c, "back")

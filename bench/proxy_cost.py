@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""What a proxy costs: pgbench straight to PostgreSQL, through pgha-proxy and through HAProxy.
+
+Starts one pgha keeper (real PostgreSQL), one sentinel and one pgha-proxy on loopback with a real
+etcd, plus Debian's haproxy in TCP mode (a config generated into a temp dir, default threading)
+in front of the same PostgreSQL. For each workload (select-only ``-S`` and the TPC-B-like default)
+and client count it runs pgbench against the three paths in turn (interleaved, so drift in the
+machine's load hits all three alike) and records TPS and the p99 latency computed from pgbench's
+per-transaction log (``--log``).
+
+Usage: bench/proxy_cost.py [--duration 10] [--rounds 1] [--clients 1,8,32] [--scale 10]
+           [--workloads select,tpcb] [--paths direct,pgha-proxy,haproxy] [--label before]
+Writes bench/results/proxy-cost-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import exit_on_sigterm, harness, load, tmp_dir, write_result  # noqa: E402
+
+PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+HAPROXY_CFG = """\
+global
+    maxconn 2000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+listen pg
+    bind 127.0.0.1:{port}
+    server pg 127.0.0.1:{pg_port}
+"""
+
+
+def start_haproxy(tmp: Path, pg_port: int) -> tuple[harness.Agent, int]:
+    port = harness.free_port()
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, pg_port=pg_port))
+    agent = harness.Agent("haproxy", [HAPROXY, "-f", str(cfg), "-db"], tmp / "haproxy.log", cwd=tmp)
+    agent.start()
+    if not harness.wait_port(port, 10):
+        raise RuntimeError(f"haproxy did not listen:\n{agent.log_tail()}")
+    return agent, port
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def pgbench(port: int, password: str, workload: str, clients: int, duration: int, log_dir: Path) -> dict[str, Any]:
+    """One pgbench run; TPS from its report, latencies (ms) from its per-transaction log."""
+    for f in log_dir.glob("tx*"):
+        f.unlink()
+    argv = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n", "-c", str(clients),
+            "-j", str(min(clients, 2)), "-T", str(duration), "--log", f"--log-prefix={log_dir / 'tx'}"]
+    if workload == "select":
+        argv.append("-S")
+    argv.append("postgres")
+    env = {**os.environ, "PGPASSWORD": password}
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 120, cwd=log_dir)
+    if res.returncode != 0:
+        raise RuntimeError(f"pgbench failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", res.stdout)
+    if not m:
+        raise RuntimeError(f"no tps in pgbench output:\n{res.stdout}")
+    lat: list[float] = []
+    for f in log_dir.glob("tx*"):
+        with open(f) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]) / 1000.0)
+    lat.sort()
+    failed = re.search(r"number of failed transactions: (\d+)", res.stdout)
+    return {"tps": round(float(m.group(1)), 1), "transactions": len(lat),
+            "p50_ms": round(percentile(lat, 0.5), 3), "p99_ms": round(percentile(lat, 0.99), 3),
+            "failed": int(failed.group(1)) if failed else 0}
+
+
+def cluster_ready(st: dict[str, Any]) -> bool:
+    c = st["cluster"]
+    return bool(c["primary"]) and not c["transition"] and bool(st["proxies"]) \
+        and all(p["target"] == c["primary"] for p in st["proxies"])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
+    p.add_argument("--rounds", type=int, default=1, help="runs per cell (the median TPS run is kept)")
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--scale", type=int, default=10)
+    p.add_argument("--workloads", default="select,tpcb")
+    p.add_argument("--paths", default="direct,pgha-proxy,haproxy")
+    p.add_argument("--label", default="", help="free text stored in the result (e.g. 'before', 'after')")
+    p.add_argument("--output", default=str(HERE / "results"))
+    args = p.parse_args()
+    missing = harness.missing_requirements(("etcd", "postgres", "user", "agents"))
+    if missing:
+        print(f"cannot run: {missing}", file=sys.stderr)
+        return 2
+    if not os.access(HAPROXY, os.X_OK):
+        print("cannot run: haproxy not installed (apt-get install haproxy)", file=sys.stderr)
+        return 2
+    exit_on_sigterm()
+    base = tmp_dir("pgha-bench-proxy-")
+    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1)
+    haproxy: harness.Agent | None = None
+    cells: list[dict[str, Any]] = []
+    load_before = load()
+    try:
+        cluster.start()
+        st = cluster.wait_for(cluster_ready, timeout=120, what="a primary and a routed proxy")
+        primary = st["cluster"]["primary"]
+        pg_port = cluster.keeper_pg_port[primary]
+        haproxy, ha_port = start_haproxy(base, pg_port)
+        ports = {"direct": pg_port, "pgha-proxy": cluster.proxy_port["proxy0"], "haproxy": ha_port}
+        init = subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg_port),
+                               "-U", "postgres", "postgres"], env={**os.environ, "PGPASSWORD": cluster.su_password},
+                              capture_output=True, text=True, timeout=600)
+        if init.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed:\n{init.stderr}")
+        log_dir = base / "pgbench"
+        log_dir.mkdir()
+        paths = args.paths.split(",")
+        for workload in args.workloads.split(","):
+            for clients in [int(c) for c in args.clients.split(",")]:
+                runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+                for _ in range(args.rounds):
+                    for path in paths:
+                        r = pgbench(ports[path], cluster.su_password, workload, clients, args.duration, log_dir)
+                        r["loadavg_1"] = load()["loadavg_1_5_15"][:1]
+                        runs[path].append(r)
+                        print(f"{workload:6} c={clients:<3} {path:10} tps {r['tps']:9.1f}  p50 {r['p50_ms']:7.3f} ms"
+                              f"  p99 {r['p99_ms']:7.3f} ms", flush=True)
+                for path in paths:
+                    rs = sorted(runs[path], key=lambda r: r["tps"])
+                    best = rs[len(rs) // 2]
+                    cells.append({"workload": workload, "clients": clients, "path": path, **best,
+                                  "all_tps": [r["tps"] for r in runs[path]]})
+        cluster.check_logs()
+    finally:
+        if haproxy is not None:
+            haproxy.stop()
+        cluster.stop()
+        harness.remove_tree(base)
+    ratios = []
+    for workload in args.workloads.split(","):
+        for clients in [int(c) for c in args.clients.split(",")]:
+            by = {c["path"]: c for c in cells if c["workload"] == workload and c["clients"] == clients}
+            row: dict[str, Any] = {"workload": workload, "clients": clients}
+            for path, c in by.items():
+                row[f"{path}_tps"] = c["tps"]
+                row[f"{path}_p99_ms"] = c["p99_ms"]
+            if "direct" in by:
+                for path in by:
+                    if path != "direct":
+                        row[f"{path}/direct"] = round(by[path]["tps"] / by["direct"]["tps"], 3)
+            if "pgha-proxy" in by and "haproxy" in by:
+                row["pgha-proxy/haproxy"] = round(by["pgha-proxy"]["tps"] / by["haproxy"]["tps"], 3)
+            ratios.append(row)
+    print()
+    for row in ratios:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    target = next((r.get("pgha-proxy/haproxy") for r in ratios if r["workload"] == "select" and r["clients"] == 8),
+                  None)
+    haproxy_version = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
+    write_result("proxy-cost", {
+        "label": args.label, "duration_s": args.duration, "rounds": args.rounds, "scale": args.scale,
+        "pgbench_threads": "min(clients, 2)", "haproxy": haproxy_version, "haproxy_config": HAPROXY_CFG,
+        "load_before": load_before, "load_after": load(),
+        "target_select_8_pgha_over_haproxy": target, "target_met": target is not None and target >= 0.9,
+        "ratios": ratios, "cells": cells,
+        "median_tps_by_path": {path: statistics.median([c["tps"] for c in cells if c["path"] == path])
+                               for path in {c["path"] for c in cells}},
+    }, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -75,8 +75,17 @@ def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "cond
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def loop_factory(name: str):
+    """Event loop factory for asyncio.Runner: None (the standard loop) or uvloop's (skipped when absent)."""
+    if name == "asyncio":
+        return None
+    uvloop = pytest.importorskip("uvloop", reason="uvloop not installed: the proxy falls back to asyncio")
+    return uvloop.new_event_loop
+
+
 class Running:
-    def __init__(self, store: MemoryStore, ro: bool = True, api: bool = False) -> None:
+    def __init__(self, store: MemoryStore, ro: bool = True, api: bool = False, loop: str = "asyncio") -> None:
+        self.loop_factory = loop_factory(loop)
         self.api_port = free_port() if api else 0
         self.agent = ProxyAgent(store, KEYS, "p1", port=0, ro_port=(free_port() if ro else 0),
                                 api_port=self.api_port)
@@ -94,7 +103,8 @@ class Running:
             await self.agent.run(self.stop_event)
 
         try:
-            asyncio.run(main())
+            with asyncio.Runner(loop_factory=self.loop_factory) as runner:
+                runner.run(main())
         except BaseException as exc:  # surfaced by the test
             self.error = exc
 
@@ -175,9 +185,9 @@ def store():
     return MemoryStore()
 
 
-@pytest.fixture
-def proxy(store):
-    running = Running(store)
+@pytest.fixture(params=["asyncio", "uvloop"])
+def proxy(store, request):
+    running = Running(store, loop=request.param)
     yield running
     running.stop()
     assert running.error is None, running.error

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.needs("etcd")]
 
 
 class ProxyProcess:
-    def __init__(self, workdir: Path, etcd_url: str) -> None:
+    def __init__(self, workdir: Path, etcd_url: str, event_loop: str = "auto") -> None:
         self.port = free_port()
         self.api_port = free_port()
         self.log = workdir / "proxy.log"
@@ -39,7 +39,8 @@ class ProxyProcess:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pgha.proxy.main", "--cluster-name", "ptest", "--uid", "p1",
-                 "--port", str(self.port), "--api-port", str(self.api_port), "--store-timeout", "1"],
+                 "--port", str(self.port), "--api-port", str(self.api_port), "--store-timeout", "1",
+                 "--event-loop", event_loop],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def text(self) -> str:
@@ -78,9 +79,11 @@ def store(etcd):
     s.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=["asyncio", "uvloop"])
 def proxy(tmp_path, etcd, request):
-    p = ProxyProcess(tmp_path, etcd.endpoints)
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop not installed: the proxy falls back to asyncio")
+    p = ProxyProcess(tmp_path, etcd.endpoints, request.param)
     yield p
     code = p.stop()
     log = p.text()

@@ -135,6 +135,7 @@ class Ctl:
                 "transition": (cd.transition.kind + ":" + cd.transition.stage) if cd and cd.transition else None,
                 "message": cd.message if cd else ("not initialized" if spec is None else "waiting for a sentinel"),
                 "last_switchover": cd.last_switchover if cd else None,
+                "last_transition": cd.last_transition if cd else None,
             },
             "keepers": keepers,
             "sentinels": [{"uid": s, "leader": s == leader} for s in sorted(sentinels)],

@@ -221,6 +221,9 @@ class ClusterData:
     timeline: int | None = None
     message: str = ""  # why the cluster is in its current state (e.g. no eligible primary)
     last_switchover: dict[str, Any] | None = None  # {id, state: done|failed, reason, from, to}
+    # the timeline of the last primary change: {kind, old, new, reason, detected, promoted, completed}
+    # (wall-clock seconds; drills read it to report detection, election and promotion times)
+    last_transition: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -249,6 +252,7 @@ class ClusterData:
                 timeline=d.get("timeline"),
                 message=str(d.get("message", "")),
                 last_switchover=d.get("last_switchover"),
+                last_transition=d.get("last_transition"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"clusterdata: malformed ({exc!r})") from None

@@ -7,6 +7,7 @@ import asyncio
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 
 from pgha import log as pgha_log
 from pgha.cli import EnvParser, common_parser, die, store_from_args
@@ -58,7 +59,23 @@ def build_parser() -> EnvParser:
     p.add_flag("--api-listen-address", help="address of the HTTP API (default: --listen-address)")
     p.add_flag("--api-port", type=_port, default=0,
                help="HTTP API port serving /health and /metrics (0: off)")
+    p.add_flag("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+               help="event loop that relays the bytes: uvloop (libuv-based, less CPU per relayed message; "
+                    "see docs/benchmarks.md), asyncio (the standard library's), or auto (uvloop when installed)")
     return p
+
+
+def loop_factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """(event loop factory for asyncio.Runner, its name) for --event-loop ``choice``."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                die("--event-loop uvloop: uvloop is not installed (pip install uvloop)")
+        else:
+            return uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+    return None, "asyncio"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         store = store_from_args(args)
     except StoreError as exc:
         die(str(exc))
+    factory, loop_name = loop_factory(args.event_loop)
     agent = ProxyAgent(store, keys(args.store_prefix, args.cluster_name), uid,
                        listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
                        api_address=args.api_listen_address or args.listen_address, api_port=args.api_port)
@@ -83,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
                                                         stop.set()))
         await agent.run(stop)
 
+    logger.info("relaying with the %s event loop", loop_name)
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run())
     except OSError as exc:
         logger.error("%s", exc.strerror or exc)
         sys.exit(1)

@@ -393,6 +393,8 @@ def _begin_transition(ctx: _Ctx, cd: ClusterData, kind: str, old: str | None, ne
     ro = tuple(u for u in cd.proxy.ro_targets if u not in (old, new))
     cd = replace(cd, transition=t, proxy=ProxySpec(target=None, generation=gen, ro_targets=ro),
                  message=f"{kind} from {old} to {new} in progress")
+    cd = replace(cd, last_transition={"kind": kind, "old": old, "new": new, "reason": reason,
+                                      "detected": ctx.snap.now, "promoted": None, "completed": None})
     if old is not None and old in cd.keepers:
         cd = cd.with_keeper(old, role=ROLE_NONE, follow=None)
     # the other replicas cascade from the new primary already: when it is promoted they are connected
@@ -483,6 +485,8 @@ def _advance_transition(ctx: _Ctx, cd: ClusterData) -> ClusterData:
             cd = replace(cd, last_switchover={**cd.last_switchover, "state": "done",
                                               "seconds": round(elapsed, 3)})
         ctx.mem.primary_lsn = new_st.lsn
+        if cd.last_transition and cd.last_transition.get("new") == t.new:
+            cd = replace(cd, last_transition={**cd.last_transition, "completed": snap.now})
         return cd
     reason = _failure_reason(ctx, cd, t.new)
     if reason:
@@ -495,6 +499,8 @@ def _abort(ctx: _Ctx, cd: ClusterData, why: str) -> ClusterData:
     t = cd.transition
     assert t is not None
     ctx.log(f"{t.kind} to {t.new} aborted: {why}")
+    if cd.last_transition and cd.last_transition.get("new") == t.new:
+        cd = replace(cd, last_transition={**cd.last_transition, "aborted": ctx.snap.now, "why": why})
     gen = cd.proxy.generation + 1
     cd = replace(cd, transition=None, message=f"{t.kind} aborted: {why}")
     if t.kind == "switchover" and t.old is not None:
@@ -516,6 +522,8 @@ def _promote(ctx: _Ctx, cd: ClusterData) -> ClusterData:
     standbys = _initial_sync_set(ctx, cd, new, t.old)
     cd = replace(cd, primary=new, transition=replace(t, stage="promote"),
                  sync=SyncState(standbys=standbys, candidates=(), barrier=None))
+    if cd.last_transition and cd.last_transition.get("new") == new:
+        cd = replace(cd, last_transition={**cd.last_transition, "promoted": ctx.snap.now})
     cd = cd.with_keeper(new, role=ROLE_PRIMARY, follow=None, init=None, synchronous_standbys=standbys)
     for uid in sorted(cd.keepers):
         if uid == new:

@@ -1,0 +1,259 @@
+"""pgha-drill: the client's view of a failover drill.
+
+``pgha-drill probe`` writes one row every ``--interval`` through a connection string (the proxy)
+and records every acknowledgement and every error, one line each, in an events file. It reconnects
+on any error and stops on SIGTERM/SIGINT or after ``--max-duration``.
+
+``pgha-drill report`` reads the events file, the markers the playbook recorded (kill, resume, ...)
+and the cluster's ``last_transition`` timeline, reads back every acknowledged id from the (new)
+primary, and writes a JSON report and, when matplotlib is installed, a PNG chart of successful
+writes per 100 ms with the events marked. It prints a one-line summary and exits non-zero when a
+budget (``--max-rto``, ``--max-lost``) is exceeded.
+
+The analysis (``analyze``) is a pure function of the events and markers, unit-tested on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from pgha.log import redact
+
+
+@dataclass
+class Events:
+    acks: list[tuple[int, float]] = field(default_factory=list)  # (id, wall time of the acknowledgement)
+    errors: list[tuple[float, str]] = field(default_factory=list)
+    started: float | None = None
+    stopped: float | None = None
+
+    @staticmethod
+    def load(path: str | Path) -> "Events":
+        ev = Events()
+        for line in Path(path).read_text().splitlines():
+            parts = line.split(" ", 2)
+            if not parts or not parts[0]:
+                continue
+            kind = parts[0]
+            if kind == "ok" and len(parts) >= 3:
+                ev.acks.append((int(parts[1]), float(parts[2])))
+            elif kind == "err" and len(parts) >= 2:
+                ev.errors.append((float(parts[1]), parts[2] if len(parts) > 2 else ""))
+            elif kind == "start":
+                ev.started = float(parts[1])
+            elif kind == "stop":
+                ev.stopped = float(parts[1])
+        return ev
+
+
+# ---------------------------------------------------------------------------------------- probe
+
+
+def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    deadline = time.monotonic() + max_duration
+    n = 0
+    conn = None
+    with open(out, "a", buffering=1) as f:
+        f.write(f"start {time.time():.6f}\n")
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(dsn, connect_timeout=2)
+                    conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (id bigint PRIMARY KEY, '
+                                    "at timestamptz DEFAULT now())")
+                n += 1
+                with conn.cursor() as cur:
+                    cur.execute(f'INSERT INTO "{table}" (id) VALUES (%s)', (n,))
+                f.write(f"ok {n} {time.time():.6f}\n")
+                stop.wait(interval)
+            except psycopg2.Error as exc:
+                msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                f.write(f"err {time.time():.6f} {msg}\n")
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg2.Error:
+                        pass
+                conn = None
+                stop.wait(min(interval, 0.05))
+        f.write(f"stop {time.time():.6f}\n")
+    if conn is not None:
+        conn.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- analysis
+
+
+def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | None = None,
+            bucket: float = 0.1) -> dict[str, Any]:
+    """Write unavailability and the event timeline, from the client's acknowledgements.
+
+    ``markers`` must hold the disruption time under ``kill`` (or ``switchover``, ``freeze``).
+    The unavailability is the longest gap between two consecutive acknowledgements that spans or
+    follows the disruption; with no acknowledgement after it, it runs to the end of the probe."""
+    event = next((markers[k] for k in ("kill", "freeze", "switchover", "disrupt") if k in markers), None)
+    if event is None:
+        raise ValueError("markers need the disruption time: kill, freeze or switchover")
+    times = [t for _, t in ev.acks]
+    before = [t for t in times if t <= event]
+    after = [t for t in times if t > event]
+    last_before = before[-1] if before else (ev.started if ev.started is not None else event)
+    first_after = after[0] if after else None
+    end = ev.stopped if ev.stopped is not None else (times[-1] if times else event)
+    gaps = [(b - a, a, b) for a, b in zip([last_before] + after, after)]
+    if first_after is None:
+        worst = (end - last_before, last_before, end)
+    else:
+        worst = max(gaps, key=lambda g: g[0])
+    timeline: dict[str, float | None] = {k: v for k, v in markers.items()}
+    if transition:
+        for k in ("detected", "promoted", "completed"):
+            if transition.get(k):
+                timeline[{"detected": "detection", "promoted": "election",
+                          "completed": "promotion"}[k]] = float(transition[k])
+    timeline["first_successful_write"] = first_after
+    t0 = ev.started if ev.started is not None else (times[0] if times else event)
+    nbuckets = int((end - t0) / bucket) + 1 if end > t0 else 1
+    series = [0] * nbuckets
+    for t in times:
+        i = int((t - t0) / bucket)
+        if 0 <= i < nbuckets:
+            series[i] += 1
+    return {
+        "rto_s": round(worst[0], 3),
+        "outage_from": worst[1],
+        "outage_to": worst[2],
+        "first_write_after_event_s": round(first_after - event, 3) if first_after else None,
+        "acknowledged_writes": len(ev.acks),
+        "client_errors": len(ev.errors),
+        "events": {k: (round(v - event, 3) if v is not None else None) for k, v in sorted(
+            timeline.items(), key=lambda kv: kv[1] if kv[1] is not None else float("inf"))},
+        "events_wall": timeline,
+        "series": {"start": t0, "bucket_s": bucket, "writes": series},
+    }
+
+
+def missing_ids(ev: Events, dsn: str, table: str) -> list[int]:
+    conn = psycopg2.connect(dsn, connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'SELECT id FROM "{table}"')
+            have = {r[0] for r in cur.fetchall()}
+    finally:
+        conn.close()
+    return [i for i, _ in ev.acks if i not in have]
+
+
+def chart(report: dict[str, Any], path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    s = report["series"]
+    xs = [i * s["bucket_s"] for i in range(len(s["writes"]))]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.bar(xs, s["writes"], width=s["bucket_s"], align="edge", color="#4c72b0", label="acknowledged writes")
+    colors = {"kill": "#c44e52", "freeze": "#c44e52", "switchover": "#c44e52", "resume": "#8172b2",
+              "detection": "#dd8452", "election": "#937860", "promotion": "#55a868",
+              "first_successful_write": "#2ca02c"}
+    for name, t in report["events_wall"].items():
+        if t is None:
+            continue
+        x = t - s["start"]
+        ax.axvline(x, color=colors.get(name, "#333333"), linestyle="--", linewidth=1)
+        ax.text(x, max(s["writes"] or [1]) * 1.02, name.replace("_", " "), rotation=90, fontsize=7,
+                va="bottom", ha="right")
+    ax.set_xlabel("seconds since the probe started")
+    ax.set_ylabel(f"writes per {int(s['bucket_s'] * 1000)} ms")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pgha-drill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("probe", help="write a row every --interval, recording each acknowledgement")
+    sp.add_argument("--dsn", required=True, help="libpq connection string (through the proxy)")
+    sp.add_argument("--table", default="pgha_drill", help="table to write to (created if absent)")
+    sp.add_argument("--out", required=True, help="events file to append to")
+    sp.add_argument("--interval", type=float, default=0.02, help="seconds between writes (default 0.02)")
+    sp.add_argument("--max-duration", type=float, default=600, help="stop after this many seconds")
+    sp = sub.add_parser("report", help="analyze a probe's events file and write the JSON/PNG report")
+    sp.add_argument("--events", required=True)
+    sp.add_argument("--markers", required=True, help='JSON object of wall-clock times, e.g. {"kill": 1.7e9}')
+    sp.add_argument("--transition", default="null", help="the cluster's last_transition (JSON) or null")
+    sp.add_argument("--dsn", required=True, help="where to read the acknowledged ids back (the new primary)")
+    sp.add_argument("--table", default="pgha_drill")
+    sp.add_argument("--out-json", required=True)
+    sp.add_argument("--out-png", help="chart path (needs matplotlib)")
+    sp.add_argument("--title", default="pgha failover drill: the client's view")
+    sp.add_argument("--extra", default="{}", help="JSON object merged into the report (e.g. keepers before/after)")
+    sp.add_argument("--max-rto", type=float, help="fail when the write unavailability exceeds this (seconds)")
+    sp.add_argument("--max-lost", type=int, help="fail when more acknowledged writes are missing")
+    args = p.parse_args(argv)
+    if args.command == "probe":
+        return probe(args.dsn, args.table, Path(args.out), args.interval, args.max_duration)
+    try:
+        markers = {k: float(v) for k, v in json.loads(args.markers).items()}
+        transition = json.loads(args.transition)
+        extra = json.loads(args.extra)
+    except (ValueError, TypeError, AttributeError) as exc:
+        p.error(f"--markers/--transition/--extra must be JSON: {exc}")
+    ev = Events.load(args.events)
+    try:
+        report = analyze(ev, markers, transition)
+    except ValueError as exc:
+        p.error(str(exc))
+    try:
+        lost = missing_ids(ev, args.dsn, args.table)
+    except psycopg2.Error as exc:
+        print(f"error: cannot read the acknowledged writes back: {redact(str(exc).strip())}", file=sys.stderr)
+        return 1
+    report["lost_acknowledged_writes"] = len(lost)
+    report["lost_ids"] = lost[:100]
+    report.update(extra)
+    png = None
+    if args.out_png:
+        png = args.out_png if chart(report, Path(args.out_png), args.title) else None
+        report["chart"] = png or "not drawn: matplotlib is not installed"
+    budgets = []
+    if args.max_rto is not None and report["rto_s"] > args.max_rto:
+        budgets.append(f"write unavailability {report['rto_s']}s > budget {args.max_rto}s")
+    if args.max_lost is not None and len(lost) > args.max_lost:
+        budgets.append(f"{len(lost)} acknowledged writes lost > budget {args.max_lost}")
+    report["budget_violations"] = budgets
+    Path(args.out_json).write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(f"writes unavailable {report['rto_s']}s, {len(lost)} acknowledged writes lost of "
+          f"{report['acknowledged_writes']}; report {args.out_json}" + (f", chart {png}" if png else "")
+          + ("; BUDGET EXCEEDED: " + "; ".join(budgets) if budgets else ""))
+    return 1 if budgets else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The drill probe and report: the analysis as a pure function, and the tools on a real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgha.drill import Events, analyze
+
+
+def events(acks: list[float], errors: list[float] = (), start: float = 0.0, stop: float | None = None) -> Events:
+    return Events(acks=[(i + 1, t) for i, t in enumerate(acks)], errors=[(t, "x") for t in errors],
+                  started=start, stopped=stop)
+
+
+def test_outage_is_the_longest_gap_after_the_kill() -> None:
+    acks = [0.1 * i for i in range(1, 51)] + [8.0 + 0.1 * i for i in range(10)]  # last before kill 5.0
+    r = analyze(events(acks, stop=10.0), {"kill": 5.05})
+    assert r["rto_s"] == pytest.approx(3.0, abs=0.001)
+    assert r["first_write_after_event_s"] == pytest.approx(2.95, abs=0.001)
+    assert r["events"]["kill"] == 0.0 and r["events"]["first_successful_write"] == pytest.approx(2.95, abs=0.001)
+
+
+def test_no_write_after_the_kill_counts_to_the_end() -> None:
+    r = analyze(events([1.0, 2.0], stop=9.0), {"kill": 2.5})
+    assert r["rto_s"] == 7.0 and r["first_write_after_event_s"] is None
+
+
+def test_transition_timeline_is_reported_relative_to_the_kill() -> None:
+    r = analyze(events([1.0, 5.0], stop=6.0), {"kill": 1.5},
+                {"detected": 4.0, "promoted": 4.2, "completed": 4.5})
+    assert r["events"] == {"kill": 0.0, "detection": 2.5, "election": 2.7, "promotion": 3.0,
+                           "first_successful_write": 3.5}
+
+
+def test_series_counts_writes_per_bucket() -> None:
+    r = analyze(events([0.01, 0.02, 0.15, 0.31], stop=0.35), {"kill": 0.2})
+    assert r["series"]["writes"] == [2, 1, 0, 1]
+
+
+def test_markers_need_the_disruption() -> None:
+    with pytest.raises(ValueError, match="kill"):
+        analyze(events([1.0]), {"resume": 2.0})
+
+
+@pytest.mark.integration
+def test_probe_and_report_on_a_crash(cluster_factory, tmp_path: Path) -> None:
+    c = cluster_factory(spec={"synchronous_replication": True})
+    st = c.wait_for(lambda s: s["cluster"]["phase"] == "normal" and any(k["sync_candidate"] for k in s["keepers"])
+                    and all(p["target"] == s["cluster"]["primary"] for p in s["proxies"]),
+                    timeout=120, what="a synchronous cluster with a candidate")
+    old = st["cluster"]["primary"]
+    port = next(iter(c.proxy_port.values()))
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres password={c.su_password}"
+    bindir = os.path.dirname(sys.executable)
+    out = tmp_path / "events.txt"
+    probe = subprocess.Popen([os.path.join(bindir, "pgha-drill"), "probe", "--dsn", dsn, "--out", str(out),
+                              "--table", "drill1"])
+    try:
+        time.sleep(2)
+        kill = time.time()
+        c.keepers[old].signal_tree(signal.SIGKILL)
+        st = c.wait_for(lambda s: s["cluster"]["primary"] not in (None, old) and not s["cluster"]["transition"]
+                        and all(p["target"] == s["cluster"]["primary"] for p in s["proxies"]),
+                        timeout=60, what="failover")
+        time.sleep(2)
+    finally:
+        probe.send_signal(signal.SIGTERM)
+        probe.wait(30)
+    assert probe.returncode == 0
+    assert password_not_in(out, c.su_password)
+    rep = subprocess.run([os.path.join(bindir, "pgha-drill"), "report", "--events", str(out),
+                          "--markers", json.dumps({"kill": kill}),
+                          "--transition", json.dumps(st["cluster"]["last_transition"]),
+                          "--dsn", dsn, "--table", "drill1", "--out-json", str(tmp_path / "r.json"),
+                          "--max-rto", "60", "--max-lost", "0"], capture_output=True, text=True, timeout=60)
+    assert rep.returncode == 0, rep.stderr + rep.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lost_acknowledged_writes"] == 0 and report["acknowledged_writes"] > 50
+    assert 0 < report["rto_s"] < 60
+    ev = report["events"]
+    assert ev["kill"] == 0 and 0 < ev["detection"] <= ev["election"] <= ev["promotion"]
+    assert ev["first_successful_write"] >= ev["promotion"] - 0.5
+    assert "writes unavailable" in rep.stdout
+    # a budget that is exceeded fails the report
+    bad = subprocess.run([os.path.join(bindir, "pgha-drill"), "report", "--events", str(out),
+                          "--markers", json.dumps({"kill": kill}), "--dsn", dsn, "--table", "drill1",
+                          "--out-json", str(tmp_path / "r2.json"), "--max-rto", "0.001"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "BUDGET EXCEEDED" in bad.stdout
+    c.keepers[old].start()
+
+
+def password_not_in(path: Path, password: str) -> bool:
+    return password not in path.read_text()

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -149,8 +151,9 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
     }
 
 
-def missing_ids(ev: Events, dsn: str, table: str) -> list[int]:
-    conn = psycopg2.connect(dsn, connect_timeout=5)
+def missing_ids(ev: Events, dsn: str, table: str, password: str | None = None) -> list[int]:
+    kw = {"password": password} if password else {}
+    conn = psycopg2.connect(dsn, connect_timeout=5, **kw)
     try:
         with conn.cursor() as cur:
             cur.execute(f'SELECT id FROM "{table}"')
@@ -191,6 +194,156 @@ def chart(report: dict[str, Any], path: Path, title: str) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------- disruption
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def keeper_processes(data_dir: str | Path) -> dict[str, int | None]:
+    """The keeper's pid (from its data-directory lock) and its postmaster's (from postmaster.pid)."""
+    d = Path(data_dir)
+    out: dict[str, int | None] = {"keeper": None, "postmaster": None}
+    for name, path in (("keeper", d / "pgha.lock"), ("postmaster", d / "postgres" / "postmaster.pid")):
+        try:
+            pid = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if _pid_alive(pid):
+            out[name] = pid
+    return out
+
+
+def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | None = None) -> dict[str, Any]:
+    """Local-platform fault injection on one keeper.
+
+    * ``crash``: SIGKILL the keeper and PostgreSQL's whole process group. The supervisor (when its
+      pidfile is given) is SIGSTOPped first so that it cannot restart the keeper at once — the way
+      the classic Stolon drill orphans the StatefulSet — and resumed by ``resume``.
+    * ``freeze``: SIGSTOP the keeper and PostgreSQL's process group.
+    * ``resume``: SIGCONT the supervisor, the keeper and PostgreSQL (whatever is still there).
+    """
+    procs = keeper_processes(data_dir)
+    sup = None
+    if supervisor_pidfile:
+        try:
+            sup = int(Path(supervisor_pidfile).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            sup = None
+    done: list[str] = []
+    at = time.time()
+    if action == "crash":
+        if procs["keeper"] is None and procs["postmaster"] is None:
+            raise RuntimeError(f"no running keeper or PostgreSQL under {data_dir}")
+        if sup:
+            os.kill(sup, signal.SIGSTOP)
+            done.append(f"SIGSTOP supervisor {sup}")
+        at = time.time()
+        if procs["keeper"]:
+            os.kill(procs["keeper"], signal.SIGKILL)
+            done.append(f"SIGKILL keeper {procs['keeper']}")
+        if procs["postmaster"]:
+            try:
+                os.killpg(procs["postmaster"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            done.append(f"SIGKILL PostgreSQL process group {procs['postmaster']}")
+    elif action == "freeze":
+        if procs["keeper"] is None:
+            raise RuntimeError(f"no running keeper under {data_dir}")
+        at = time.time()
+        os.kill(procs["keeper"], signal.SIGSTOP)
+        done.append(f"SIGSTOP keeper {procs['keeper']}")
+        if procs["postmaster"]:
+            os.killpg(procs["postmaster"], signal.SIGSTOP)
+            done.append(f"SIGSTOP PostgreSQL process group {procs['postmaster']}")
+    elif action == "resume":
+        for name, pid in (("PostgreSQL process group", procs["postmaster"]), ("keeper", procs["keeper"])):
+            if pid:
+                try:
+                    (os.killpg if name.startswith("PostgreSQL") else os.kill)(pid, signal.SIGCONT)
+                    done.append(f"SIGCONT {name} {pid}")
+                except ProcessLookupError:
+                    pass
+        if sup and _pid_alive(sup):
+            os.kill(sup, signal.SIGCONT)
+            done.append(f"SIGCONT supervisor {sup}")
+    else:
+        raise ValueError(f"unknown action {action!r}: expected crash, freeze or resume")
+    return {"action": action, "at": at, "signals": done, "pids": procs, "supervisor": sup}
+
+
+# ---------------------------------------------------------------------------------------- probe control
+
+
+def start_probe(dsn: str, table: str, out: str | Path, password: str | None = None, interval: float = 0.02,
+                max_duration: float = 900, program: str | None = None) -> int:
+    """Start ``pgha-drill probe`` detached; the password goes through the environment, never argv."""
+    exe = program or str(Path(sys.executable).with_name("pgha-drill"))
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = password
+    proc = subprocess.Popen([exe, "probe", "--dsn", dsn, "--table", table, "--out", str(out),
+                             "--interval", str(interval), "--max-duration", str(max_duration)],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+def stop_probe(pid: int, timeout: float = 30) -> bool:
+    """SIGTERM the probe and wait for it; True when it was running."""
+    if not _pid_alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            if not _pid_alive(pid):
+                return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def report(events: str | Path, markers: dict[str, float], transition: dict[str, Any] | None, dsn: str,
+           table: str, out_json: str | Path, out_png: str | Path | None = None, title: str = "",
+           max_rto: float | None = None, max_lost: int | None = None,
+           extra: dict[str, Any] | None = None, password: str | None = None) -> dict[str, Any]:
+    """Analyze a probe's events, read the acknowledged ids back, write JSON (and PNG)."""
+    ev = Events.load(events)
+    rep = analyze(ev, markers, transition)
+    lost = missing_ids(ev, dsn, table, password=password)
+    rep["lost_acknowledged_writes"] = len(lost)
+    rep["lost_ids"] = lost[:100]
+    rep.update(extra or {})
+    if out_png:
+        drawn = chart(rep, Path(out_png), title or "pgha failover drill: the client's view")
+        rep["chart"] = str(out_png) if drawn else "not drawn: matplotlib is not installed"
+    budgets = []
+    if max_rto is not None and rep["rto_s"] > max_rto:
+        budgets.append(f"write unavailability {rep['rto_s']}s > budget {max_rto}s")
+    if max_lost is not None and len(lost) > max_lost:
+        budgets.append(f"{len(lost)} acknowledged writes lost > budget {max_lost}")
+    rep["budget_violations"] = budgets
+    rep["summary"] = (f"writes unavailable {rep['rto_s']}s, {len(lost)} acknowledged writes lost of "
+                      f"{rep['acknowledged_writes']}" + ("; BUDGET EXCEEDED: " + "; ".join(budgets) if budgets else ""))
+    Path(out_json).write_text(json.dumps(rep, indent=2, sort_keys=True))
+    return rep
+
+
 # ---------------------------------------------------------------------------------------- CLI
 
 
@@ -225,33 +378,17 @@ def main(argv: list[str] | None = None) -> int:
         extra = json.loads(args.extra)
     except (ValueError, TypeError, AttributeError) as exc:
         p.error(f"--markers/--transition/--extra must be JSON: {exc}")
-    ev = Events.load(args.events)
     try:
-        report = analyze(ev, markers, transition)
+        rep = report(args.events, markers, transition, args.dsn, args.table, args.out_json, args.out_png,
+                     args.title, args.max_rto, args.max_lost, extra)
     except ValueError as exc:
         p.error(str(exc))
-    try:
-        lost = missing_ids(ev, args.dsn, args.table)
     except psycopg2.Error as exc:
         print(f"error: cannot read the acknowledged writes back: {redact(str(exc).strip())}", file=sys.stderr)
         return 1
-    report["lost_acknowledged_writes"] = len(lost)
-    report["lost_ids"] = lost[:100]
-    report.update(extra)
-    png = None
-    if args.out_png:
-        png = args.out_png if chart(report, Path(args.out_png), args.title) else None
-        report["chart"] = png or "not drawn: matplotlib is not installed"
-    budgets = []
-    if args.max_rto is not None and report["rto_s"] > args.max_rto:
-        budgets.append(f"write unavailability {report['rto_s']}s > budget {args.max_rto}s")
-    if args.max_lost is not None and len(lost) > args.max_lost:
-        budgets.append(f"{len(lost)} acknowledged writes lost > budget {args.max_lost}")
-    report["budget_violations"] = budgets
-    Path(args.out_json).write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(f"writes unavailable {report['rto_s']}s, {len(lost)} acknowledged writes lost of "
-          f"{report['acknowledged_writes']}; report {args.out_json}" + (f", chart {png}" if png else "")
-          + ("; BUDGET EXCEEDED: " + "; ".join(budgets) if budgets else ""))
+    print(rep["summary"] + f"; report {args.out_json}"
+          + (f", chart {rep['chart']}" if args.out_png else ""))
+    budgets = rep["budget_violations"]
     return 1 if budgets else 0
 
 

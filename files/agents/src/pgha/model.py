@@ -293,6 +293,9 @@ class KeeperStatus:
     boot_id: str = ""
     address: str = ""  # advertised host:port of PostgreSQL
     api_address: str = ""
+    host: str = ""  # the machine (node name) the keeper runs on
+    data_dir: str = ""  # the keeper's --data-dir on that machine
+    pid: int = 0  # the keeper's process id
     can_be_master: bool = True
     pg_running: bool = False
     healthy: bool = False  # PostgreSQL accepts connections and answered the status queries
@@ -330,6 +333,9 @@ class KeeperStatus:
                 boot_id=str(d.get("boot_id", "")),
                 address=str(d.get("address", "")),
                 api_address=str(d.get("api_address", "")),
+                host=str(d.get("host", "")),
+                data_dir=str(d.get("data_dir", "")),
+                pid=int(d.get("pid", 0)),
                 can_be_master=bool(d.get("can_be_master", True)),
                 pg_running=bool(d.get("pg_running", False)),
                 healthy=bool(d.get("healthy", False)),

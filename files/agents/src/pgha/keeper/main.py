@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -204,6 +205,9 @@ class Keeper:
             boot_id=self.boot_id,
             address=self.advertise,
             api_address=f"{self.args.api_listen_address}:{self.args.api_port}" if self.args.api_port else "",
+            host=socket.gethostname(),
+            data_dir=str(self.data_dir),
+            pid=os.getpid(),
             can_be_master=self.args.can_be_master,
             pg_running=running,
             healthy=healthy,

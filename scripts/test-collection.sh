@@ -10,7 +10,10 @@
 #
 # ansible-test wants the collection at .../ansible_collections/pgha/cluster outside any git tree
 # that ignores it, so it runs on a copy of the working tree (tracked and untracked, not ignored
-# files) under $PGHA_CACHE/ansible-test, next to links to the dependency collections.
+# files) under $PGHA_CACHE/ansible-test, next to links to the dependency collections. The copy
+# leaves out the engine's code and tests and bench/: they are Python of their own, linted by ruff
+# and tested by pytest (make lint, make test-engine), not Ansible content. Only the engine's
+# version files stay (tests/unit/test_versions.py reads them).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,8 +34,9 @@ copy_collection() {
     local work="$PGHA_CACHE/ansible-test/ansible_collections"
     rm -rf "$work/pgha/cluster"
     mkdir -p "$work/pgha/cluster"
-    ( cd "$ROOT" && git ls-files -co --exclude-standard -z | grep -zv '^collections/' \
-        | tar --null -T - -cf - ) | tar -xf - -C "$work/pgha/cluster"
+    ( cd "$ROOT" && git ls-files -co --exclude-standard -z \
+        | grep -zvE '^(collections|bench)/|^files/agents/(src|tests)/' \
+        | tar --null -T - -cf - files/agents/src/pgha/__init__.py ) | tar -xf - -C "$work/pgha/cluster"
     local ns
     for ns in "$ROOT"/collections/ansible_collections/*; do
         [ "$(basename "$ns")" = pgha ] && continue

@@ -18,7 +18,7 @@ description:
   - Hosts are agents, not machines - several may share one address. Use the groups to target, for
     example, the machine that runs the primary (C(ansible_host)).
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 requirements:
   - The C(pgha) Python package (C(pip install ./files/agents)) importable by the controller's Python.
 extends_documentation_fragment:

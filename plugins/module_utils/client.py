@@ -92,9 +92,6 @@ def fail_from(module, exc, what, **result):
     module.fail_json(msg="%s: %s: %s" % (what, kind, exc), **result)
 
 
-LIBRARY_ERRORS = (CtlError, StoreError)
-
-
 def merge_patch(old, new):
     """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
 

@@ -18,7 +18,7 @@ description:
   - The spec is validated by the pgha library before anything is written; an unknown key or a bad
     value fails naming the key.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
   - pgha.cluster.store
 attributes:
@@ -92,7 +92,8 @@ patch:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
-    LIBRARY_ERRORS,
+    CtlError,
+    StoreError,
     fail_from,
     merge_patch,
     open_ctl,
@@ -107,7 +108,7 @@ def run(module, ctl):
     try:
         current = ctl.get_spec()
         desired = ctl.normalize(spec)
-    except LIBRARY_ERRORS as exc:
+    except (CtlError, StoreError) as exc:
         fail_from(module, exc, "checking the spec of " + what)
 
     if current is None or module.params["reinit"]:
@@ -116,7 +117,7 @@ def run(module, ctl):
         if not module.check_mode:
             try:
                 result["spec"] = ctl.init(spec, force=module.params["reinit"])
-            except LIBRARY_ERRORS as exc:
+            except (CtlError, StoreError) as exc:
                 fail_from(module, exc, "initializing " + what)
             result["diff"]["after"] = result["spec"]
         return result
@@ -129,7 +130,7 @@ def run(module, ctl):
     if not module.check_mode:
         try:
             old, new = ctl.update(patch)
-        except LIBRARY_ERRORS as exc:
+        except (CtlError, StoreError) as exc:
             fail_from(module, exc, "updating the spec of " + what)
         result.update(changed=old != new, spec=new, diff=dict(before=old, after=new))
     return result

@@ -15,7 +15,7 @@ description:
     with the normalized cluster spec.
   - Changes nothing.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
   - pgha.cluster.store
 attributes:
@@ -121,7 +121,8 @@ spec:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
-    LIBRARY_ERRORS,
+    CtlError,
+    StoreError,
     fail_from,
     open_ctl,
     store_argument_spec,
@@ -134,7 +135,7 @@ def main():
     try:
         status = ctl.status()
         spec = ctl.get_spec()
-    except LIBRARY_ERRORS as exc:
+    except (CtlError, StoreError) as exc:
         fail_from(module, exc, "reading the status of cluster %s" % module.params["cluster_name"])
     module.exit_json(
         changed=False,

@@ -16,7 +16,7 @@ description:
   - Changes nothing. O(cluster_name) and O(store_prefix) are accepted so that the module can share
     C(module_defaults) with the other modules, and are not used.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
   - pgha.cluster.store
 attributes:
@@ -82,7 +82,8 @@ leader:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
-    LIBRARY_ERRORS,
+    CtlError,
+    StoreError,
     fail_from,
     require_pgha,
     store_argument_spec,
@@ -129,7 +130,7 @@ def main():
         store = EtcdStore(p["store_endpoints"], ca_file=p["store_ca_file"], cert_file=p["store_cert_file"],
                           key_file=p["store_key_file"], timeout=p["store_timeout"])
         members = store.member_health()
-    except LIBRARY_ERRORS as exc:
+    except (CtlError, StoreError) as exc:
         fail_from(module, exc, "checking etcd at %s" % p["store_endpoints"], members=[], healthy=0, leader=None)
     result, problem = check(module, members)
     if problem:

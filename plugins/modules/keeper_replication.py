@@ -15,7 +15,7 @@ description:
     replica streaming from it (within O(max_lag) when given).
   - Changes nothing. Use it with C(until) to wait for replication to settle.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
   - pgha.cluster.store
 attributes:
@@ -84,7 +84,8 @@ keepers:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
-    LIBRARY_ERRORS,
+    CtlError,
+    StoreError,
     fail_from,
     open_ctl,
     store_argument_spec,
@@ -138,7 +139,7 @@ def main():
     ctl = open_ctl(module)
     try:
         status = ctl.status()
-    except LIBRARY_ERRORS as exc:
+    except (CtlError, StoreError) as exc:
         fail_from(module, exc, "reading the status of cluster %s" % module.params["cluster_name"])
     primary, replicas, problems = assess(status, module.params["keepers"], module.params["max_lag"])
     result = dict(changed=False, primary=primary, replicas=replicas, problems=problems,

@@ -15,7 +15,7 @@ description:
     and reports whether it reached a replica.
   - Changes nothing.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full

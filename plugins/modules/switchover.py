@@ -16,7 +16,7 @@ description:
     is lost.
   - With O(to) naming the keeper that is already primary, nothing changes.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
   - pgha.cluster.store
 attributes:
@@ -74,7 +74,8 @@ state:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
-    LIBRARY_ERRORS,
+    CtlError,
+    StoreError,
     fail_from,
     open_ctl,
     store_argument_spec,
@@ -86,7 +87,7 @@ def run(module, ctl):
     what = "switchover of cluster %s" % module.params["cluster_name"]
     try:
         primary = (ctl.status().get("cluster") or {}).get("primary")
-    except LIBRARY_ERRORS as exc:
+    except (CtlError, StoreError) as exc:
         fail_from(module, exc, what)
     if to is not None and to == primary:
         return {"changed": False, "from": primary, "to": primary, "state": "unchanged"}
@@ -95,7 +96,7 @@ def run(module, ctl):
                 "diff": {"before": {"primary": primary}, "after": {"primary": to or "(best replica)"}}}
     try:
         done = ctl.switchover(to=to, timeout=module.params["timeout"])
-    except LIBRARY_ERRORS as exc:
+    except (CtlError, StoreError) as exc:
         fail_from(module, exc, what)
     return {"changed": True, "from": done.get("from", primary), "to": done.get("to"),
             "state": done.get("state", "done"),

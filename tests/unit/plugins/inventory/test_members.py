@@ -32,7 +32,8 @@ store_endpoints: http://127.0.0.1:12379
 
 @pytest.fixture
 def load(tmp_path, monkeypatch):
-    def run(status, etcd=ETCD, extra=""):
+    def run(status, etcd=None, extra=""):
+        etcd = ETCD if etcd is None else etcd
         path = tmp_path / "live.pgha.yml"
         path.write_text(CONFIG + extra)
         plugin = inventory_loader.get("pgha.cluster.members")

@@ -103,8 +103,11 @@ def test_switchover_in_check_mode_asks_for_nothing(run_module, monkeypatch):
 
 def test_switchover_refused_says_why(run_module, monkeypatch):
     ctl = FakeCtl()
-    ctl.switchover = lambda to=None, timeout=60.0: (_ for _ in ()).throw(
-        client.CtlError("keeper3 is not a healthy replica"))
+
+    def refuse(to=None, timeout=60.0):
+        raise client.CtlError("keeper3 is not a healthy replica")
+
+    ctl.switchover = refuse
     use(monkeypatch, switchover, ctl)
     result, failed = run_module(switchover, dict(ARGS, to="keeper3"))
     assert failed and "keeper3 is not a healthy replica" in result["msg"]

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections import deque
+from typing import cast
 
 log = logging.getLogger("pgha.proxy")
 
@@ -114,8 +115,7 @@ class ClientSide(_Side):
     __slots__ = ()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         # Nothing is read until the upstream is connected. Python 3.11 registers the reader after
         # connection_made even when paused there, hence the second pause on the next iteration.
         transport.pause_reading()
@@ -144,8 +144,7 @@ class UpstreamSide(_Side):
     __slots__ = ()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         relay = self.relay
         if relay.done or _now() > self.fence.deadline:
             transport.abort()

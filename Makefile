@@ -20,7 +20,7 @@ SHELL := /bin/bash
 YAML_FILES = $(shell find . \( -path ./.venv -o -path ./collections -o -path ./.git -o -path '*/tests/output' \) -prune \
                -o -type f \( -name '*.yml' -o -name '*.yaml' \) -print 2>/dev/null | head -n 1)
 
-.PHONY: help up test lint test-engine test-collection venv bootstrap agents clean
+.PHONY: help up test lint test-engine test-collection venv bootstrap agents clean bench
 
 help:
 	@echo "make up               install what is missing, then bring a local cluster up (playbooks/site.yml)"
@@ -29,6 +29,7 @@ help:
 	@echo "make test-engine      pytest files/agents/tests against the agents venv ($(AGENT_VENV))"
 	@echo "make test-collection  scripts/test-collection.sh, when present"
 	@echo "make venv             create/update $(VENV) and $(AGENT_VENV)"
+	@echo "make bench            side-by-side benchmarks (pgha vs Patroni vs HAProxy; ~40 min): bench/results, docs/img"
 	@echo "make clean            remove build output, the dev venv, unpacked collections and test output"
 
 bootstrap:
@@ -67,6 +68,11 @@ test-engine: agents
 test-collection: bootstrap
 	@if [ -f scripts/test-collection.sh ]; then bash scripts/test-collection.sh; \
 	 else echo "test-collection: skipped (scripts/test-collection.sh not there yet)"; fi
+
+# Benchmarks are never part of `make test`. bench/setup.sh adds matplotlib and a Patroni venv.
+bench: bootstrap agents
+	@bench/setup.sh
+	PGHA_AGENT_BIN=$(AGENT_VENV)/bin $(VENV)/bin/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf files/agents/build files/agents/src/*.egg-info files/agents/tests/output collections \

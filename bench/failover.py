@@ -9,11 +9,18 @@ records each acknowledgement, then:
   old keeper and wait until it has rejoined as a replica;
 * ``switchover``: ``pghactl switchover`` to the best replica.
 
+With ``--systems`` it also drives Patroni (``bench/patroni.py``) side by side, 3 members on the
+same kind of etcd, through a libpq multi-host string with ``target_session_attrs=read-write``:
+``patroni-default`` (ttl 30, loop_wait 10, retry_timeout 10) and ``patroni-fast`` (ttl 20,
+loop_wait 1, retry_timeout 3: the smallest values Patroni accepts). Its crash drill SIGKILLs the
+leader's Patroni and its PostgreSQL; its switchover is ``patronictl switchover --force``.
+
 Write unavailability of a drill = the longest gap between two consecutive acknowledged writes in
 the drill window. Lost writes = acknowledged ids missing on the new primary. Figures are printed as a
 table and written to ``bench/results/failover-<timestamp>.json``.
 
 Usage: bench/failover.py [--rounds 5] [--modes async,sync] [--drills crash,switchover]
+       bench/failover.py --systems pgha-async,pgha-sync,patroni-default,patroni-fast
 Needs the agents venv and etcd as for the engine tests (``make venv``); run as root or as a user
 that can run PostgreSQL.
 """
@@ -21,10 +28,8 @@ that can run PostgreSQL.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import Probe, exit_on_sigterm, harness, load, summarize_drills, write_result  # noqa: E402
+from common import Probe, exit_on_sigterm, harness, load, summarize_drills, tmp_dir, write_result  # noqa: E402
 
 
 def healthy(st: dict[str, Any]) -> bool:
@@ -75,14 +80,79 @@ def drill(cluster: harness.PghaCluster, kind: str, n: int) -> dict[str, Any]:
     return result
 
 
+def patroni_drill(pc: Any, kind: str, n: int) -> dict[str, Any]:
+    c = pc.wait_for(pc.healthy, 300, "a healthy Patroni cluster before the drill")
+    old = pc.leader(c)
+    probe = Probe(pc.connect_rw, f"probe_{kind}_{n}").start()
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    survivors: list[int] = []
+    if kind == "crash":
+        pc.members[old].signal_tree(signal.SIGKILL)
+        time.sleep(0.2)
+        survivors = pc.members[old].pids()  # anything of the old leader still alive (should be nothing)
+        c = pc.wait_for(lambda c: pc.leader(c) not in (None, old), 300, "a new leader", exclude=old)
+    else:
+        candidate = sorted(m["name"] for m in c["members"] if m["name"] != old)[0]
+        pc.switchover(old, candidate)
+        c = pc.wait_for(lambda c: pc.leader(c) not in (None, old), 120, "the candidate leading")
+    new = pc.leader(c)
+    t_end = probe.wait_flowing(t0, timeout=120)
+    time.sleep(0.5)
+    probe.stop()
+    result = {"drill": kind, "old_primary": old, "new_primary": new, **probe.result(t0, t_end),
+              "old_leader_processes_left": len(survivors)}
+    if kind == "crash":
+        pc.members[old].start()
+    pc.wait_for(pc.healthy, 300, "the old leader back as a replica")
+    return result
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(sorted(summarize_drills(results, lambda r: f"{r['mode']}/{r['drill']}").items()))
+    return dict(sorted(summarize_drills(results, lambda r: f"{r['system']}/{r['drill']}").items()))
+
+
+def run_system(system: str, drills: list[str], rounds: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """All drills of one system on a fresh cluster; appends to ``results``; returns facts about the system."""
+    base = tmp_dir("pgha-bench-failover-")
+    facts: dict[str, Any] = {"load_before": load()}
+    try:
+        if system.startswith("patroni"):
+            import patroni
+
+            timings = system.split("-", 1)[1]
+            cluster: Any = patroni.PatroniCluster(base / "c", timings=timings)
+            facts.update(version=patroni.version(), timings=cluster.timings)
+            run_drill = patroni_drill
+        else:
+            mode = system.split("-", 1)[1]
+            cluster = harness.PghaCluster(base / "c", spec={"synchronous_replication": mode == "sync"})
+            facts.update(spec={"synchronous_replication": mode == "sync"}, note="other spec keys at their defaults")
+            run_drill = drill
+        try:
+            cluster.start()
+            for kind in drills:
+                for i in range(rounds):
+                    r = run_drill(cluster, kind, i + 1)
+                    r.update(system=system, mode=system.split("-", 1)[1], round=i + 1, loadavg_1=load()["loadavg_1_5_15"][:1])
+                    results.append(r)
+                    print(f"{system:16} {kind:10} #{i + 1}: unavailable {r['write_unavailability_s']:6.3f}s, "
+                          f"lost {r['lost_acknowledged_writes']}, {r['old_primary']} -> {r['new_primary']}",
+                          flush=True)
+        finally:
+            cluster.stop()
+    finally:
+        harness.remove_tree(base)
+    facts["load_after"] = load()
+    return facts
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--modes", default="async,sync")
+    p.add_argument("--modes", default="async,sync", help="pgha modes (when --systems is not given)")
+    p.add_argument("--systems", default="",
+                   help="comma list of pgha-async, pgha-sync, patroni-default, patroni-fast (overrides --modes)")
     p.add_argument("--drills", default="crash,switchover")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
@@ -91,31 +161,25 @@ def main() -> int:
         print(f"cannot run: {missing}", file=sys.stderr)
         return 2
     exit_on_sigterm()  # unwinds through the finally blocks below, so every agent and etcd is stopped
+    systems = args.systems.split(",") if args.systems else [f"pgha-{m}" for m in args.modes.split(",")]
+    if any(s.startswith("patroni") for s in systems):
+        import patroni
+
+        why = patroni.missing()
+        if why:
+            print(f"cannot run: {why}", file=sys.stderr)
+            return 2
     results: list[dict[str, Any]] = []
-    for mode in args.modes.split(","):
-        spec = {"synchronous_replication": mode == "sync"}
-        base = Path(tempfile.mkdtemp(prefix="pgha-bench-"))
-        os.chmod(base, 0o755)
-        cluster = harness.PghaCluster(base / "c", spec=spec)
-        try:
-            cluster.start()
-            for kind in args.drills.split(","):
-                for i in range(args.rounds):
-                    r = drill(cluster, kind, i + 1)
-                    r.update(mode=mode, round=i + 1)
-                    results.append(r)
-                    print(f"{mode:5} {kind:10} #{i + 1}: unavailable {r['write_unavailability_s']:6.3f}s, "
-                          f"lost {r['lost_acknowledged_writes']}, {r['old_primary']} -> {r['new_primary']}",
-                          flush=True)
-        finally:
-            cluster.stop()
+    facts: dict[str, Any] = {}
+    for system in systems:
+        facts[system] = run_system(system, args.drills.split(","), args.rounds, results)
     summary = summarize(results)
     print()
-    print(f"{'mode/drill':22} {'n':>3} {'median s':>9} {'worst s':>8} {'best s':>7} {'lost':>5}")
+    print(f"{'system/drill':28} {'n':>3} {'median s':>9} {'worst s':>8} {'best s':>7} {'lost':>5}")
     for key, s in summary.items():
-        print(f"{key:22} {s['drills']:>3} {s['median_unavailability_s']:>9.3f} {s['worst_unavailability_s']:>8.3f} "
+        print(f"{key:28} {s['drills']:>3} {s['median_unavailability_s']:>9.3f} {s['worst_unavailability_s']:>8.3f} "
               f"{s['best_unavailability_s']:>7.3f} {s['lost_acknowledged_writes']:>5}")
-    write_result("failover", {"defaults": "pgha spec defaults", "load_after": load(), "summary": summary,
+    write_result("failover", {"defaults": "pgha spec defaults", "systems": facts, "summary": summary,
                               "drills": results}, args.output)
     return 0
 

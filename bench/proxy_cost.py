@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +109,8 @@ def main() -> int:
     p.add_argument("--scale", type=int, default=10)
     p.add_argument("--workloads", default="select,tpcb")
     p.add_argument("--paths", default="direct,pgha-proxy,haproxy")
+    p.add_argument("--proxy-event-loop", default="", choices=("", "auto", "uvloop", "asyncio"),
+                   help="pgha-proxy --event-loop (empty: the proxy's default; an old proxy has no such flag)")
     p.add_argument("--label", default="", help="free text stored in the result (e.g. 'before', 'after')")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
@@ -123,6 +124,8 @@ def main() -> int:
     exit_on_sigterm()
     base = tmp_dir("pgha-bench-proxy-")
     cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1)
+    if args.proxy_event_loop:
+        cluster.proxies["proxy0"].argv += ["--event-loop", args.proxy_event_loop]
     haproxy: harness.Agent | None = None
     cells: list[dict[str, Any]] = []
     load_before = load()
@@ -184,7 +187,7 @@ def main() -> int:
                   None)
     haproxy_version = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
     write_result("proxy-cost", {
-        "label": args.label, "duration_s": args.duration, "rounds": args.rounds, "scale": args.scale,
+        "label": args.label, "proxy_event_loop": args.proxy_event_loop or "proxy default", "duration_s": args.duration, "rounds": args.rounds, "scale": args.scale,
         "pgbench_threads": "min(clients, 2)", "haproxy": haproxy_version, "haproxy_config": HAPROXY_CFG,
         "load_before": load_before, "load_after": load(),
         "target_select_8_pgha_over_haproxy": target, "target_met": target is not None and target >= 0.9,

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""`make bench`: every side-by-side benchmark in turn, one combined result file, then the plots.
+
+Runs bench/proxy_cost.py, bench/failover.py (pgha async/sync, Patroni default/fast), bench/scale.py
+and bench/bringup.py one after the other (never two at once: the machine has 2 cores), each writing
+its own result file; then writes ``bench/results/<timestamp>.json`` holding all of them (with their
+file names) and draws the PNG plots under docs/img/ (bench/plots.py).
+
+Usage: bench/run_all.py [--only proxy,failover,scale,bringup] [--quick]
+``--quick`` runs fewer rounds and shorter windows (a smoke test of the whole pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import RESULTS, load, machine, stamp  # noqa: E402
+
+BENCHES = {
+    "proxy": (["proxy_cost.py", "--rounds", "2"], ["proxy_cost.py", "--duration", "3", "--clients", "8"]),
+    "failover": (["failover.py", "--systems", "pgha-async,pgha-sync,patroni-default,patroni-fast", "--rounds", "5"],
+                 ["failover.py", "--systems", "pgha-async,patroni-fast", "--rounds", "1"]),
+    "scale": (["scale.py"], ["scale.py", "--keepers", "3,10", "--window", "5", "--settle", "3"]),
+    "bringup": (["bringup.py", "--rounds", "3"], ["bringup.py", "--rounds", "1"]),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(BENCHES))
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    st = stamp()
+    combined: dict = {"benchmark": "all", "time": st, "machine": machine(), "load_before": load(), "results": {}}
+    failed = []
+    for name in args.only.split(","):
+        argv = BENCHES[name][1 if args.quick else 0]
+        print(f"=== {name}: {' '.join(argv)}", flush=True)
+        proc = subprocess.Popen([sys.executable, str(HERE / argv[0]), *argv[1:]], stdout=subprocess.PIPE, text=True)
+        written = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("written to "):
+                written = Path(line.split("written to ", 1)[1].strip())
+        if proc.wait() != 0 or written is None:
+            failed.append(name)
+            continue
+        combined["results"][name] = {"file": str(written.relative_to(HERE.parent)),
+                                     "data": json.loads(written.read_text())}
+    combined["load_after"] = load()
+    combined["failed"] = failed
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{st}.json"
+    out.write_text(json.dumps(combined, indent=2) + "\n")
+    print(f"\ncombined results written to {out}")
+    subprocess.run([sys.executable, str(HERE / "plots.py"), str(out)], check=False)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

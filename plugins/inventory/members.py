@@ -145,7 +145,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             etcd_members = EtcdStore(endpoints, **opts).member_health() if self.get_option("include_etcd") else []
         except (CtlError, StoreError) as exc:
             raise AnsibleParserError("pgha.cluster.members: cannot read cluster %s from %s: %s"
-                                     % (self.get_option("cluster_name"), endpoints, exc))
+                                     % (self.get_option("cluster_name"), endpoints, exc)) from exc
         return status, etcd_members
 
     # ------------------------------------------------------------------ building the inventory

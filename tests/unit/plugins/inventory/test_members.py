@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import inventory_loader

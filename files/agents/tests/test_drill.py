@@ -28,6 +28,13 @@ def test_outage_is_the_longest_gap_after_the_kill() -> None:
     assert r["events"]["kill"] == 0.0 and r["events"]["first_successful_write"] == pytest.approx(2.95, abs=0.001)
 
 
+def test_an_acknowledgement_in_flight_at_the_kill_is_not_the_resumption() -> None:
+    acks = [0.1 * i for i in range(1, 51)] + [5.06] + [8.0 + 0.1 * i for i in range(10)]
+    r = analyze(events(acks, stop=10.0), {"freeze": 5.05})
+    assert r["rto_s"] == pytest.approx(2.94, abs=0.001)
+    assert r["events"]["first_successful_write"] == pytest.approx(2.95, abs=0.001)
+
+
 def test_no_write_after_the_kill_counts_to_the_end() -> None:
     r = analyze(events([1.0, 2.0], stop=9.0), {"kill": 2.5})
     assert r["rto_s"] == 7.0 and r["first_write_after_event_s"] is None
@@ -100,3 +107,41 @@ def test_probe_and_report_on_a_crash(cluster_factory, tmp_path: Path) -> None:
 
 def password_not_in(path: Path, password: str) -> bool:
     return password not in path.read_text()
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def test_disrupt_reaches_every_descendant(tmp_path: Path) -> None:
+    """Stand-in processes for a keeper and a postmaster with backends that left its process group."""
+    from pgha import drill
+
+    keeper = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
+    postmaster = subprocess.Popen(["sh", "-c", "setsid sleep 60 & setsid sleep 60 & wait"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        (tmp_path / "postgres").mkdir()
+        (tmp_path / "pgha.lock").write_text(str(keeper.pid))
+        (tmp_path / "postgres" / "postmaster.pid").write_text(f"{postmaster.pid}\n/data\n")
+        kids = drill.descendants(keeper.pid) + drill.descendants(postmaster.pid)
+        assert len(kids) == 4
+        drill.disrupt("freeze", tmp_path)
+        time.sleep(0.2)
+        assert all(_state(p) == "T" for p in kids + [keeper.pid, postmaster.pid])
+        drill.disrupt("resume", tmp_path)
+        time.sleep(0.2)
+        assert all(_state(p) != "T" for p in kids + [keeper.pid, postmaster.pid])
+        res = drill.disrupt("crash", tmp_path)
+        keeper.wait(10)
+        postmaster.wait(10)
+        time.sleep(0.2)
+        assert all(not Path(f"/proc/{p}").exists() or _state(p) == "Z" for p in kids)
+        assert len(res["signals"]) == 2
+        with pytest.raises(RuntimeError, match="no running keeper"):
+            drill.disrupt("crash", tmp_path)
+    finally:
+        for p in (keeper, postmaster):
+            if p.poll() is None:
+                p.kill()

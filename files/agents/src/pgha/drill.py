@@ -109,9 +109,9 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
     ``markers`` must hold the disruption time under ``kill`` (or ``switchover``, ``freeze``).
     The unavailability is the longest gap between two consecutive acknowledgements that spans or
     follows the disruption; with no acknowledgement after it, it runs to the end of the probe."""
-    event = next((markers[k] for k in ("kill", "freeze", "switchover", "disrupt") if k in markers), None)
+    event = next((markers[k] for k in ("kill", "crash", "freeze", "switchover", "disrupt") if k in markers), None)
     if event is None:
-        raise ValueError("markers need the disruption time: kill, freeze or switchover")
+        raise ValueError("markers need the disruption time: kill, crash, freeze or switchover")
     times = [t for _, t in ev.acks]
     before = [t for t in times if t <= event]
     after = [t for t in times if t > event]
@@ -129,7 +129,10 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
             if transition.get(k):
                 timeline[{"detected": "detection", "promoted": "election",
                           "completed": "promotion"}[k]] = float(transition[k])
-    timeline["first_successful_write"] = first_after
+    # the client's writes resume at the end of the outage (an acknowledgement already in flight when
+    # the disruption hit is not a resumption)
+    resumed = worst[2] if first_after is not None else None
+    timeline["first_successful_write"] = resumed
     t0 = ev.started if ev.started is not None else (times[0] if times else event)
     nbuckets = int((end - t0) / bucket) + 1 if end > t0 else 1
     series = [0] * nbuckets
@@ -141,7 +144,7 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
         "rto_s": round(worst[0], 3),
         "outage_from": worst[1],
         "outage_to": worst[2],
-        "first_write_after_event_s": round(first_after - event, 3) if first_after else None,
+        "first_write_after_event_s": round(resumed - event, 3) if resumed is not None else None,
         "acknowledged_writes": len(ev.acks),
         "client_errors": len(ev.errors),
         "events": {k: (round(v - event, 3) if v is not None else None) for k, v in sorted(
@@ -173,21 +176,23 @@ def chart(report: dict[str, Any], path: Path, title: str) -> bool:
         return False
     s = report["series"]
     xs = [i * s["bucket_s"] for i in range(len(s["writes"]))]
-    fig, ax = plt.subplots(figsize=(10, 3.6))
-    ax.bar(xs, s["writes"], width=s["bucket_s"], align="edge", color="#4c72b0", label="acknowledged writes")
-    colors = {"kill": "#c44e52", "freeze": "#c44e52", "switchover": "#c44e52", "resume": "#8172b2",
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    ax.bar(xs, s["writes"], width=s["bucket_s"], align="edge", color="#4c72b0")
+    colors = {"kill": "#c44e52", "crash": "#c44e52", "freeze": "#c44e52", "switchover": "#c44e52", "resume": "#8172b2",
               "detection": "#dd8452", "election": "#937860", "promotion": "#55a868",
               "first_successful_write": "#2ca02c"}
-    for name, t in report["events_wall"].items():
+    event_t = next((report["events_wall"][k] for k in ("kill", "crash", "freeze", "switchover", "disrupt")
+                    if report["events_wall"].get(k) is not None), s["start"])
+    for name, t in sorted(report["events_wall"].items(), key=lambda kv: kv[1] if kv[1] is not None else 0):
         if t is None:
             continue
-        x = t - s["start"]
-        ax.axvline(x, color=colors.get(name, "#333333"), linestyle="--", linewidth=1)
-        ax.text(x, max(s["writes"] or [1]) * 1.02, name.replace("_", " "), rotation=90, fontsize=7,
-                va="bottom", ha="right")
+        ax.axvline(t - s["start"], color=colors.get(name, "#333333"), linestyle="--", linewidth=1.2,
+                   label=f"{name.replace('_', ' ')} (+{t - event_t:.2f}s)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.set_xlabel("seconds since the probe started")
     ax.set_ylabel(f"writes per {int(s['bucket_s'] * 1000)} ms")
-    ax.set_title(title)
+    ax.set_title(f"{title}\nwrites unavailable {report['rto_s']}s, "
+                 f"{report.get('lost_acknowledged_writes', '?')} acknowledged writes lost", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -205,6 +210,43 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (PostgreSQL backends are their own process-group leaders,
+    so signalling the postmaster's group would miss them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal_tree(pid: int | None, sig: int) -> int:
+    """Signal ``pid`` and its descendants (children first when stopping, parent first otherwise)."""
+    if not pid:
+        return 0
+    pids = descendants(pid)
+    order = pids + [pid] if sig in (signal.SIGSTOP, signal.SIGKILL) else [pid] + pids
+    n = 0
+    for p in order:
+        try:
+            os.kill(p, sig)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
 
 
 def keeper_processes(data_dir: str | Path) -> dict[str, int | None]:
@@ -247,31 +289,26 @@ def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | 
             done.append(f"SIGSTOP supervisor {sup}")
         at = time.time()
         if procs["keeper"]:
-            os.kill(procs["keeper"], signal.SIGKILL)
-            done.append(f"SIGKILL keeper {procs['keeper']}")
+            n = _signal_tree(procs["keeper"], signal.SIGKILL)
+            done.append(f"SIGKILL keeper {procs['keeper']} and PostgreSQL ({n} processes)")
         if procs["postmaster"]:
-            try:
-                os.killpg(procs["postmaster"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            done.append(f"SIGKILL PostgreSQL process group {procs['postmaster']}")
+            n = _signal_tree(procs["postmaster"], signal.SIGKILL)
+            if n:
+                done.append(f"SIGKILL PostgreSQL {procs['postmaster']} ({n} processes)")
     elif action == "freeze":
         if procs["keeper"] is None:
             raise RuntimeError(f"no running keeper under {data_dir}")
         at = time.time()
-        os.kill(procs["keeper"], signal.SIGSTOP)
-        done.append(f"SIGSTOP keeper {procs['keeper']}")
-        if procs["postmaster"]:
-            os.killpg(procs["postmaster"], signal.SIGSTOP)
-            done.append(f"SIGSTOP PostgreSQL process group {procs['postmaster']}")
+        n = _signal_tree(procs["keeper"], signal.SIGSTOP)
+        done.append(f"SIGSTOP keeper {procs['keeper']} and its PostgreSQL ({n} processes)")
+        if procs["postmaster"] and procs["postmaster"] not in descendants(procs["keeper"]):
+            n = _signal_tree(procs["postmaster"], signal.SIGSTOP)
+            done.append(f"SIGSTOP PostgreSQL {procs['postmaster']} ({n} processes)")
     elif action == "resume":
-        for name, pid in (("PostgreSQL process group", procs["postmaster"]), ("keeper", procs["keeper"])):
-            if pid:
-                try:
-                    (os.killpg if name.startswith("PostgreSQL") else os.kill)(pid, signal.SIGCONT)
-                    done.append(f"SIGCONT {name} {pid}")
-                except ProcessLookupError:
-                    pass
+        for name, pid in (("keeper", procs["keeper"]), ("PostgreSQL", procs["postmaster"])):
+            n = _signal_tree(pid, signal.SIGCONT)
+            if n:
+                done.append(f"SIGCONT {name} {pid} ({n} processes)")
         if sup and _pid_alive(sup):
             os.kill(sup, signal.SIGCONT)
             done.append(f"SIGCONT supervisor {sup}")

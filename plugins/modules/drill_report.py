@@ -1,0 +1,166 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: pgha developers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: drill_report
+short_description: Measure a pgha failover drill from the client's view and write its report
+version_added: 0.1.0
+description:
+  - Reads the events a M(pgha.cluster.drill_probe) recorded, the O(markers) of the drill and the
+    cluster's last transition timeline, reads every acknowledged id back through O(dsn), and
+    writes a JSON report and a PNG chart (successful writes per 100 ms, events marked; the chart
+    needs matplotlib on the host).
+  - Fails when O(max_rto) or O(max_lost) is exceeded, after writing the report.
+author:
+  - pgha developers
+attributes:
+  check_mode:
+    support: none
+    description: Measures only what has happened; nothing to plan.
+  diff_mode:
+    support: none
+    description: Nothing to compare.
+options:
+  events:
+    description: The probe's events file.
+    type: path
+    required: true
+  markers:
+    description: Wall-clock times of the drill's events; must contain V(kill), V(freeze) or V(switchover).
+    type: dict
+    required: true
+  transition:
+    description: The cluster's C(last_transition) (from M(pgha.cluster.cluster_info)).
+    type: dict
+  dsn:
+    description: Where to read the acknowledged writes back (through the proxy), without password.
+    type: str
+    required: true
+  password:
+    description: Password for O(dsn).
+    type: str
+  table:
+    description: The probe's table.
+    type: str
+    default: pgha_drill
+  report_json:
+    description: Path of the JSON report.
+    type: path
+    required: true
+  report_png:
+    description: Path of the PNG chart.
+    type: path
+  title:
+    description: Chart title.
+    type: str
+    default: "pgha failover drill: the client's view"
+  max_rto:
+    description: Budget for the write unavailability, seconds.
+    type: float
+  max_lost:
+    description: Budget for acknowledged writes lost.
+    type: int
+  extra:
+    description: Merged into the report (e.g. the keepers before and after).
+    type: dict
+    default: {}
+"""
+
+EXAMPLES = r"""
+- name: Report
+  pgha.cluster.drill_report:
+    events: /tmp/drill_1.events
+    markers: {kill: "{{ crash.at }}"}
+    transition: "{{ after.cluster.last_transition }}"
+    dsn: host=127.0.0.1 port=25432 user=postgres dbname=postgres
+    password: "{{ su_password }}"
+    table: drill_1
+    report_json: /tmp/drill_1.json
+    report_png: /tmp/drill_1.png
+    max_rto: 10
+    max_lost: 0
+"""
+
+RETURN = r"""
+rto_s:
+  description: Longest time without an acknowledged write, from the disruption on.
+  returned: success
+  type: float
+  sample: 3.52
+lost_acknowledged_writes:
+  description: Acknowledged writes missing afterwards.
+  returned: success
+  type: int
+  sample: 0
+events:
+  description: Seconds from the disruption to each event (detection, election, promotion, first successful write).
+  returned: success
+  type: dict
+  sample: {"kill": 0.0, "detection": 3.1, "election": 3.2, "promotion": 3.4, "first_successful_write": 3.5}
+summary:
+  description: One line for humans.
+  returned: success
+  type: str
+  sample: writes unavailable 3.52s, 0 acknowledged writes lost of 812
+budget_violations:
+  description: Budgets exceeded (empty when within budget).
+  returned: success
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pgha.cluster.plugins.module_utils.client import require_pgha
+
+try:
+    import psycopg2
+
+    from pgha import drill
+except ImportError:  # reported by require_pgha
+    drill = None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            events=dict(type="path", required=True),
+            markers=dict(type="dict", required=True),
+            transition=dict(type="dict"),
+            dsn=dict(type="str", required=True),
+            password=dict(type="str", no_log=True),
+            table=dict(type="str", default="pgha_drill"),
+            report_json=dict(type="path", required=True),
+            report_png=dict(type="path"),
+            title=dict(type="str", default="pgha failover drill: the client's view"),
+            max_rto=dict(type="float"),
+            max_lost=dict(type="int"),
+            extra=dict(type="dict", default={}),
+        ),
+        supports_check_mode=False,
+    )
+    require_pgha(module)
+    p = module.params
+    try:
+        markers = dict((k, float(v)) for k, v in p["markers"].items())
+        rep = drill.report(p["events"], markers, p["transition"], p["dsn"], p["table"], p["report_json"],
+                           p["report_png"], p["title"], p["max_rto"], p["max_lost"], p["extra"],
+                           password=p["password"])
+    except (ValueError, TypeError) as exc:
+        module.fail_json(msg="cannot analyze the drill: %s" % exc)
+    except (psycopg2.Error, OSError) as exc:
+        module.fail_json(msg="cannot read the acknowledged writes back: %s" % str(exc).strip())
+    result = dict(changed=True, rto_s=rep["rto_s"], lost_acknowledged_writes=rep["lost_acknowledged_writes"],
+                  events=rep["events"], summary=rep["summary"], budget_violations=rep["budget_violations"],
+                  report_json=p["report_json"], chart=rep.get("chart"))
+    if rep["budget_violations"]:
+        module.fail_json(msg="drill over budget: " + "; ".join(rep["budget_violations"]), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

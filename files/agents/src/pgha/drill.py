@@ -233,7 +233,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _signal_tree(pid: int | None, sig: int) -> int:
+def signal_tree(pid: int | None, sig: int) -> int:
     """Signal ``pid`` and its descendants (children first when stopping, parent first otherwise)."""
     if not pid:
         return 0
@@ -289,24 +289,24 @@ def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | 
             done.append(f"SIGSTOP supervisor {sup}")
         at = time.time()
         if procs["keeper"]:
-            n = _signal_tree(procs["keeper"], signal.SIGKILL)
+            n = signal_tree(procs["keeper"], signal.SIGKILL)
             done.append(f"SIGKILL keeper {procs['keeper']} and PostgreSQL ({n} processes)")
         if procs["postmaster"]:
-            n = _signal_tree(procs["postmaster"], signal.SIGKILL)
+            n = signal_tree(procs["postmaster"], signal.SIGKILL)
             if n:
                 done.append(f"SIGKILL PostgreSQL {procs['postmaster']} ({n} processes)")
     elif action == "freeze":
         if procs["keeper"] is None:
             raise RuntimeError(f"no running keeper under {data_dir}")
         at = time.time()
-        n = _signal_tree(procs["keeper"], signal.SIGSTOP)
+        n = signal_tree(procs["keeper"], signal.SIGSTOP)
         done.append(f"SIGSTOP keeper {procs['keeper']} and its PostgreSQL ({n} processes)")
         if procs["postmaster"] and procs["postmaster"] not in descendants(procs["keeper"]):
-            n = _signal_tree(procs["postmaster"], signal.SIGSTOP)
+            n = signal_tree(procs["postmaster"], signal.SIGSTOP)
             done.append(f"SIGSTOP PostgreSQL {procs['postmaster']} ({n} processes)")
     elif action == "resume":
         for name, pid in (("keeper", procs["keeper"]), ("PostgreSQL", procs["postmaster"])):
-            n = _signal_tree(pid, signal.SIGCONT)
+            n = signal_tree(pid, signal.SIGCONT)
             if n:
                 done.append(f"SIGCONT {name} {pid} ({n} processes)")
         if sup and _pid_alive(sup):

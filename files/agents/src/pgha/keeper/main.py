@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg2
 
-from pgha import cli, log as pglog
+from pgha import cli, kube, log as pglog
 from pgha.http import ApiServer, prometheus
 from pgha.keeper import decide as kd
 from pgha.keeper.pg import PgConfig, PgError, Postgres, sync_standby_names
@@ -109,6 +109,7 @@ class Keeper:
         self._last_put_at = 0.0
         self._controldata_cache: tuple[float, dict[str, str]] | None = None
         self.api: ApiServer | None = None
+        self.role_labels = kube.RoleLabels()  # Kubernetes: pgha.io/role on our pod; never blocks
 
     # ================================================================== local state
     def load_state(self) -> None:
@@ -274,6 +275,7 @@ class Keeper:
         with self.collect_lock:
             st = self.collect()
             self.status = st
+        self.role_labels.observe(st.role)
         if self.lease and not self.fenced:
             self.publish(st)
 

@@ -75,7 +75,7 @@ keepers:
       role: primary
       address: 127.0.0.1:5433
       timeline: 1
-      lsn: 50331648
+      lsn: 0/3000060
       synchronous: false
       streaming: false
       lag: null
@@ -84,7 +84,7 @@ keepers:
       role: replica
       address: 127.0.0.1:5434
       timeline: 1
-      lsn: 50331648
+      lsn: 0/3000060
       synchronous: false
       streaming: true
       lag: 0

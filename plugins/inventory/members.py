@@ -14,13 +14,18 @@ description:
   - Groups hosts by component (C(pgha_keepers), C(pgha_sentinels), C(pgha_proxies), C(pgha_etcd)) and
     by live role (C(pgha_primary), C(pgha_replica), C(pgha_sentinel_leader), C(pgha_etcd_leader)).
   - Accepts only configuration files whose name ends in C(.pgha.yml) or C(.pgha.yaml).
+  - With O(source=kubernetes), lists the cluster's pods instead (with the kubernetes Python client);
+    every pod becomes a host reached with the C(kubernetes.core.kubectl) connection, grouped by
+    component and by the live role its keeper labels it with (C(pgha.io/role)).
   - Every value read from the store is marked unsafe, so it is never templated.
   - Hosts are agents, not machines - several may share one address. Use the groups to target, for
     example, the machine that runs the primary (C(ansible_host)).
 author:
   - pgha developers (!UNKNOWN)
 requirements:
-  - The C(pgha) Python package (C(pip install ./files/agents)) importable by the controller's Python.
+  - The C(pgha) Python package (C(pip install ./files/agents)) importable by the controller's Python
+    (O(source=store)).
+  - The C(kubernetes) Python package (O(source=kubernetes)).
 extends_documentation_fragment:
   - constructed
 options:
@@ -35,10 +40,29 @@ options:
     default: main
     env:
       - name: PGHA_CLUSTER_NAME
-  store_endpoints:
-    description: Comma-separated etcd v3 endpoints, C(http(s)://host:port).
+  source:
+    description:
+      - V(store) reads the cluster's status from its store; V(kubernetes) lists the cluster's pods.
     type: str
-    required: true
+    default: store
+    choices: [store, kubernetes]
+  kubeconfig:
+    description: Kubeconfig file (O(source=kubernetes)); unset uses the client's defaults, or the in-cluster configuration.
+    type: path
+    env:
+      - name: K8S_AUTH_KUBECONFIG
+  context:
+    description: Kubeconfig context (O(source=kubernetes)); unset uses the current one.
+    type: str
+    env:
+      - name: K8S_AUTH_CONTEXT
+  namespace:
+    description: Namespace of the cluster's pods (O(source=kubernetes)).
+    type: str
+    default: pgha
+  store_endpoints:
+    description: Comma-separated etcd v3 endpoints, C(http(s)://host:port). Required with O(source=store).
+    type: str
     env:
       - name: PGHA_STORE_ENDPOINTS
   store_prefix:
@@ -83,6 +107,15 @@ compose:
 # ansible-inventory -i inventory/live.pgha.yml --graph
 #   @pgha_primary:
 #     |--keeper1
+---
+# inventory/k8s.pgha.yml: the pods of cluster main in namespace pgha
+plugin: pgha.cluster.members
+source: kubernetes
+cluster_name: main
+namespace: pgha
+# ansible-inventory -i inventory/k8s.pgha.yml --graph
+#   @pgha_primary:
+#     |--main-keeper-1
 """
 
 from ansible.errors import AnsibleError, AnsibleParserError
@@ -128,6 +161,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
+        if self.get_option("source") == "kubernetes":
+            self.populate_pods(self._fetch_pods())
+            return
         status, etcd_members = self._fetch()
         self.populate(status, etcd_members)
 
@@ -138,6 +174,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         opts = dict(ca_file=self.get_option("store_ca_file"), cert_file=self.get_option("store_cert_file"),
                     key_file=self.get_option("store_key_file"), timeout=self.get_option("store_timeout"))
         endpoints = self.get_option("store_endpoints")
+        if not endpoints:
+            raise AnsibleParserError("pgha.cluster.members: store_endpoints is required with source: store")
         try:
             ctl = Ctl(open_store(endpoints, **opts), prefix=self.get_option("store_prefix"),
                       cluster=self.get_option("cluster_name"))
@@ -215,4 +253,74 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             name = self._add(etcd_host_name(endpoint), "pgha_etcd", hv)
             if is_leader:
                 self.inventory.add_child("pgha_etcd_leader", name)
+            self._construct(name, hv)
+
+    # ------------------------------------------------------------------ source: kubernetes
+    def _fetch_pods(self):
+        """The cluster's pods, as dicts (the API's JSON form)."""
+        try:
+            from kubernetes import client, config
+            from kubernetes.config.config_exception import ConfigException
+        except ImportError as exc:
+            raise AnsibleError("pgha.cluster.members with source: kubernetes needs the kubernetes Python "
+                               "package on the controller (pip install kubernetes)") from exc
+        kubeconfig, context = self.get_option("kubeconfig"), self.get_option("context")
+        namespace = self.get_option("namespace")
+        selector = "pgha.io/cluster=%s" % self._k8s_cluster()
+        try:
+            try:
+                api = config.new_client_from_config(config_file=kubeconfig, context=context)
+            except ConfigException:
+                if kubeconfig or context:
+                    raise
+                config.load_incluster_config()
+                api = client.ApiClient()
+            pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector)
+            items = api.sanitize_for_serialization(pods).get("items") or []
+        except Exception as exc:  # the client raises many types: ApiException, urllib3 errors, ConfigException
+            raise AnsibleParserError("pgha.cluster.members: cannot list the pods of cluster %s in namespace %s: %s"
+                                     % (self.get_option("cluster_name"), namespace, exc)) from exc
+        # the selector again, for API servers (and fakes) that ignore it
+        return [p for p in items if (p.get("metadata", {}).get("labels") or {}).get("pgha.io/cluster") == self._k8s_cluster()]
+
+    def _k8s_cluster(self):
+        return str(self.get_option("cluster_name")).lower().replace("_", "-")
+
+    def populate_pods(self, pods):
+        """Fill self.inventory from the cluster's pods (labels set by the roles and, for the role, by the keepers)."""
+        groups = {"keeper": "pgha_keepers", "sentinel": "pgha_sentinels", "proxy": "pgha_proxies", "etcd": "pgha_etcd"}
+        for group in list(groups.values()) + ["pgha_primary", "pgha_replica"]:
+            self.inventory.add_group(group)
+        kubeconfig, context = self.get_option("kubeconfig"), self.get_option("context")
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+            labels = meta.get("labels") or {}
+            component = labels.get("pgha.io/component")
+            if component not in groups:
+                continue
+            containers = [c.get("name") for c in spec.get("containers") or []]
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            hv = {
+                "ansible_connection": "kubernetes.core.kubectl",
+                "ansible_kubectl_pod": meta["name"],
+                "ansible_kubectl_namespace": meta.get("namespace") or self.get_option("namespace"),
+                "ansible_kubectl_container": component if component in containers else (containers or [None])[0],
+                "pgha_cluster": self.get_option("cluster_name"),
+                "pgha_component": component,
+                "pgha_uid": meta["name"].replace("-", "_").replace(".", "_") if component != "etcd" else meta["name"],
+                "pgha_role": labels.get("pgha.io/role") if component == "keeper" else None,
+                "pgha_pod_ip": status.get("podIP"),
+                "pgha_node": spec.get("nodeName"),
+                "pgha_phase": status.get("phase"),
+                "pgha_ready": ready,
+            }
+            if kubeconfig:
+                hv["ansible_kubectl_kubeconfig"] = kubeconfig
+            if context:
+                hv["ansible_kubectl_context"] = context
+            name = self._add(meta["name"], groups[component], hv)
+            if hv["pgha_role"] == "primary":
+                self.inventory.add_child("pgha_primary", name)
+            elif hv["pgha_role"] == "replica":
+                self.inventory.add_child("pgha_replica", name)
             self._construct(name, hv)

@@ -91,6 +91,11 @@ rto_s:
   returned: success
   type: float
   sample: 3.52
+total_unavailable_s:
+  description: Sum of every outage a client noticed (gaps well above the write interval) from the disruption on.
+  returned: success
+  type: float
+  sample: 4.1
 lost_acknowledged_writes:
   description: Acknowledged writes missing afterwards.
   returned: success
@@ -154,7 +159,8 @@ def main():
         module.fail_json(msg="cannot analyze the drill: %s" % exc)
     except (psycopg2.Error, OSError) as exc:
         module.fail_json(msg="cannot read the acknowledged writes back: %s" % str(exc).strip())
-    result = dict(changed=True, rto_s=rep["rto_s"], lost_acknowledged_writes=rep["lost_acknowledged_writes"],
+    result = dict(changed=True, rto_s=rep["rto_s"], total_unavailable_s=rep["total_unavailable_s"],
+                  lost_acknowledged_writes=rep["lost_acknowledged_writes"],
                   events=rep["events"], summary=rep["summary"], budget_violations=rep["budget_violations"],
                   report_json=p["report_json"], chart=rep.get("chart"))
     if rep["budget_violations"]:

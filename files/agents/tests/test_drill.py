@@ -35,6 +35,13 @@ def test_an_acknowledgement_in_flight_at_the_kill_is_not_the_resumption() -> Non
     assert r["events"]["first_successful_write"] == pytest.approx(2.95, abs=0.001)
 
 
+def test_every_outage_is_listed_and_summed() -> None:
+    acks = [0.02 * i for i in range(1, 100)] + [3.0 + 0.02 * i for i in range(50)] + [5.0 + 0.02 * i for i in range(50)]
+    r = analyze(events(acks, stop=7.0), {"disrupt": 0.5})
+    assert [o["seconds"] for o in r["outages"]] == pytest.approx([1.02, 1.02], abs=0.001)
+    assert r["total_unavailable_s"] == pytest.approx(2.04, abs=0.002) and r["rto_s"] == pytest.approx(1.02, abs=0.001)
+
+
 def test_no_write_after_the_kill_counts_to_the_end() -> None:
     r = analyze(events([1.0, 2.0], stop=9.0), {"kill": 2.5})
     assert r["rto_s"] == 7.0 and r["first_write_after_event_s"] is None

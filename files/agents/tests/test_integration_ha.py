@@ -314,3 +314,13 @@ def test_postgres_never_outlives_its_keeper(cluster_factory) -> None:
     agent.start()
     c.wait_for(healthy_cluster(1), timeout=120, what="keeper and PostgreSQL back")
     write_row_retrying(c, "back")
+
+
+def test_promoted_primary_needs_no_restart(cluster_factory) -> None:
+    c = cluster_factory(keepers=2, sentinels=1)
+    st = c.wait_for(healthy_cluster(2), timeout=120, what="a two-keeper cluster")
+    old = primary_of(st)
+    target = next(u for u in c.keepers if u != old)
+    c.ctl("switchover", "--to", target, timeout=90)
+    st = c.wait_for(healthy_cluster(2), timeout=120, what="the old primary back as a replica")
+    assert not any(k["pending_restart"] for k in st["keepers"]), st["keepers"]

@@ -140,8 +140,14 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
         i = int((t - t0) / bucket)
         if 0 <= i < nbuckets:
             series[i] += 1
+    # every outage a client would notice: gaps well above the write interval
+    typical = sorted(b - a for a, b in zip(times, times[1:]))
+    floor = max(0.2, 5 * typical[len(typical) // 2]) if typical else 0.2
+    outages = [g for g in gaps if g[0] >= floor] if first_after is not None else [worst]
     return {
         "rto_s": round(worst[0], 3),
+        "total_unavailable_s": round(sum(g[0] for g in outages), 3),
+        "outages": [{"from": a, "to": b, "seconds": round(d, 3)} for d, a, b in outages],
         "outage_from": worst[1],
         "outage_to": worst[2],
         "first_write_after_event_s": round(resumed - event, 3) if resumed is not None else None,

@@ -353,10 +353,12 @@ class Postgres:
         lines = ["# Written by pgha-keeper at every start and change. Do not edit: use pghactl update."]
         for name in sorted(params):
             lines.append(f"{name} = {quote_conf(params[name])}")
+        # written for both roles: it needs a restart to change, and a promoted primary whose file
+        # lost the line would report pending_restart for ever
+        lines.append("recovery_target_timeline = 'latest'")
         if primary_conninfo is not None:
             lines.append(f"primary_conninfo = {quote_conf(primary_conninfo)}")
             lines.append(f"primary_slot_name = {quote_conf(slot or '')}")
-            lines.append("recovery_target_timeline = 'latest'")
         changed = self._write(self.pgdata / "pgha.conf", "\n".join(lines) + "\n")
         changed |= self._write(self.pgdata / "pg_hba.conf", "\n".join(hba) + "\n")
         auto = self.pgdata / "postgresql.auto.conf"

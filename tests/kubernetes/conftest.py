@@ -40,7 +40,7 @@ def run_site(kubeconfig: str, extra: list[str], name: str) -> dict[str, Any]:
            "playbooks/site.yml"]
     for v in OFFLINE_VARS + extra:
         cmd += ["-e", v]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / f"{name}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
     recap = re.findall(r"^localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",

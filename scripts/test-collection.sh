@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Tests of the pgha.cluster collection (run by `make test`, after scripts/bootstrap.sh):
 #
-#   scripts/test-collection.sh [STEP...]    steps: lint sanity units molecule (default: all)
+#   scripts/test-collection.sh [STEP...]    steps: lint sanity units kubernetes molecule (default: all)
 #
 # lint      ansible-lint --offline (the production profile)
 # sanity    ansible-test sanity --venv
 # units     ansible-test units --venv (modules and the inventory plugin against fakes)
+# kubernetes  scripts/test-kubernetes.sh: the Kubernetes platform without a cluster (kmock, kubernetes-validate)
 # molecule  molecule test -s default: site.yml on localhost, idempotence, verify, teardown
 #
 # ansible-test wants the collection at .../ansible_collections/pgha/cluster outside any git tree
@@ -62,17 +63,23 @@ step_units() {
     ( cd "$dir" && ansible-test units --venv --python "$PYVER" --color no )
 }
 
+# ---- Kubernetes platform (issue 5): its own script, so it can also run alone.
+step_kubernetes() {
+    log "scripts/test-kubernetes.sh"
+    bash "$ROOT/scripts/test-kubernetes.sh"
+}
+
 step_molecule() {
     log "molecule test -s default"
     ( cd "$ROOT" && molecule test -s default )
 }
 
 steps=("$@")
-[ "${#steps[@]}" -gt 0 ] || steps=(lint sanity units molecule)
+[ "${#steps[@]}" -gt 0 ] || steps=(lint sanity units kubernetes molecule)
 for step in "${steps[@]}"; do
     case "$step" in
-        lint|sanity|units|molecule) "step_$step" ;;
-        *) echo "test-collection: unknown step $step (lint sanity units molecule)" >&2; exit 2 ;;
+        lint|sanity|units|kubernetes|molecule) "step_$step" ;;
+        *) echo "test-collection: unknown step $step (lint sanity units kubernetes molecule)" >&2; exit 2 ;;
     esac
 done
 log "all steps passed: ${steps[*]}"

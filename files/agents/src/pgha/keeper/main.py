@@ -60,6 +60,12 @@ DEFAULT_PG_PARAMETERS = {
 }
 
 
+# A hot standby refuses to start when one of these is lower than on its primary. Replicas run
+# max(spec, the primary's running value); a lowered value reaches them after the primary restarts.
+HOT_STANDBY_PARAMETERS = {"max_connections": 100, "max_worker_processes": 8, "max_prepared_transactions": 0,
+                          "max_locks_per_transaction": 64}
+
+
 def read_password(path: str, flag: str) -> str:
     try:
         text = Path(path).read_text()
@@ -109,6 +115,7 @@ class Keeper:
         self._last_put_at = 0.0
         self._controldata_cache: tuple[float, dict[str, str]] | None = None
         self.api: ApiServer | None = None
+        self.primary_minimums: dict[str, int] = {}  # hot-standby parameters of the primary we follow
         self.role_labels = kube.RoleLabels()  # Kubernetes: pgha.io/role on our pod; never blocks
 
     # ================================================================== local state
@@ -377,6 +384,15 @@ class Keeper:
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
         params.update(self.spec.get("pg_parameters") or {})
+        if not primary:
+            for name, default in HOT_STANDBY_PARAMETERS.items():
+                upstream = self.primary_minimums.get(name)
+                try:
+                    mine = int(params.get(name, default))
+                except ValueError:
+                    continue
+                if upstream is not None and upstream > mine:
+                    params[name] = str(upstream)
         params.update({
             "listen_addresses": self.args.pg_listen_address,
             "port": str(self.args.pg_port),
@@ -411,11 +427,37 @@ class Keeper:
                 f"application_name={self.uid} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 "
                 f"keepalives_count=3")
 
+    def learn_primary_minimums(self, address: str) -> None:
+        """Read the hot-standby-sensitive settings the primary runs with (before a replica starts)."""
+        host, port = address.rsplit(":", 1)
+        try:
+            c = psycopg2.connect(host=host, port=int(port), user=self.args.pg_su_username, dbname="postgres",
+                                 connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper")
+        except psycopg2.Error:
+            return
+        try:
+            cur = c.cursor()
+            cur.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(HOT_STANDBY_PARAMETERS),))
+            found = {name: int(value) for name, value in cur.fetchall()}
+        except (psycopg2.Error, ValueError):
+            return
+        finally:
+            c.close()
+        if found != self.primary_minimums:
+            raised = {k: v for k, v in found.items()
+                      if v > int((self.spec.get("pg_parameters") or {}).get(k, HOT_STANDBY_PARAMETERS[k]))}
+            if raised:
+                logger.info("the primary runs %s: this replica uses at least as much (a hot standby cannot run "
+                            "with less)", ", ".join(f"{k}={v}" for k, v in sorted(raised.items())))
+            self.primary_minimums = found
+
     def configure(self, want: KeeperSpec | None, primary: bool, follow_addr: str | None) -> bool:
         if primary:
             changed = self.pg.write_config(self.pg_parameters(True, want), self.pg_hba(), None, None)
         else:
             assert follow_addr
+            if not self.pg.running() or follow_addr != self.following:
+                self.learn_primary_minimums(follow_addr)
             changed = self.pg.write_config(self.pg_parameters(False, want), self.pg_hba(),
                                            self.conninfo(follow_addr), f"pgha_{self.uid}")
             self.following = follow_addr

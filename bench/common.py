@@ -41,12 +41,23 @@ class Probe:
         self.interval = interval
         self.acks: list[tuple[int, float]] = []
         self.errors: list[float] = []
+        self.servers: list[tuple[float, int]] = []  # (time, PostgreSQL port) of each connection made
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._n = 0
 
     def start(self) -> "Probe":
-        conn = self.connect()
+        deadline = time.monotonic() + 15
+        while True:  # a connection may be closed by a proxy that is still settling: try again briefly
+            try:
+                conn = self.connect()
+                break
+            except psycopg2.OperationalError as exc:
+                self.errors.append(time.monotonic())
+                if time.monotonic() > deadline:
+                    raise
+                print(f"probe: first connection failed, retrying: {str(exc).strip()}", file=sys.stderr)
+                time.sleep(0.2)
         with conn, conn.cursor() as cur:
             cur.execute(f"CREATE TABLE {self.table} (id bigint primary key)")
         conn.close()
@@ -60,6 +71,9 @@ class Probe:
                 if conn is None:
                     conn = self.connect(connect_timeout=2)
                     conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT inet_server_port()")
+                        self.servers.append((time.monotonic(), cur.fetchone()[0]))
                 self._n += 1
                 with conn.cursor() as cur:
                     cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (self._n,))
@@ -85,10 +99,14 @@ class Probe:
         return sum(1 for _, t in self.acks if t > t0)
 
     def gap(self, start: float, end: float) -> float:
+        """Longest gap between acknowledged writes from just before ``start`` to ``end``; when no write
+        was acknowledged after ``start`` at all, the time from the last one before it to ``end``."""
         times = [t for _, t in self.acks if start - 1.0 <= t <= end]
         before = [t for _, t in self.acks if t < start]
         if before:
             times.insert(0, before[-1])
+        if not any(t > start for t in times):
+            times.append(end)
         gaps = [b - a for a, b in zip(times, times[1:])]
         return max(gaps) if gaps else float("nan")
 
@@ -102,11 +120,16 @@ class Probe:
             conn.close()
         return [i for i, _ in self.acks if i not in have]
 
-    def wait_flowing(self, t0: float, min_after: float = 2.0, timeout: float = 120.0) -> float:
-        """Wait until writes flow again after ``t0`` (and at least ``min_after`` s passed); returns the time."""
+    def wait_flowing(self, t0: float, t_new: float, min_after: float = 2.0, writes: int = 5,
+                     timeout: float = 120.0) -> float:
+        """Wait until ``writes`` writes were acknowledged after ``t_new`` (when the new primary was seen)
+        and at least ``min_after`` s passed since the event at ``t0``; returns the time.
+
+        Counting from ``t_new``, not ``t0``: a write acknowledged by the old primary in the instant
+        between the event and its effect must not count as writes flowing again."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.acks_after(t0) and time.monotonic() - t0 > min_after:
+            if self.acks_after(t_new) >= writes and time.monotonic() - t0 > min_after:
                 break
             time.sleep(0.05)
         return time.monotonic()
@@ -121,6 +144,7 @@ class Probe:
             "acknowledged_writes": len(self.acks),
             "lost_acknowledged_writes": len(self.lost()),
             "client_errors": len(self.errors),
+            "servers_written_after_event": sorted({port for t, port in self.servers if t > t0}),
         }
 
 

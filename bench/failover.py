@@ -69,8 +69,8 @@ def drill(cluster: harness.PghaCluster, kind: str, n: int) -> dict[str, Any]:
         cluster.ctl("switchover", timeout=120)
         st = cluster.status()
     new = st["cluster"]["primary"]
-    # keep writing until writes flow again (at least 2 s after the event)
-    t_end = probe.wait_flowing(t0, timeout=60)
+    # keep writing until writes flow again on the new primary (at least 2 s after the event)
+    t_end = probe.wait_flowing(t0, time.monotonic(), timeout=60)
     time.sleep(0.5)
     probe.stop()
     result = {"drill": kind, "old_primary": old, "new_primary": new, **probe.result(t0, t_end)}
@@ -97,7 +97,7 @@ def patroni_drill(pc: Any, kind: str, n: int) -> dict[str, Any]:
         pc.switchover(old, candidate)
         c = pc.wait_for(lambda c: pc.leader(c) not in (None, old), 120, "the candidate leading")
     new = pc.leader(c)
-    t_end = probe.wait_flowing(t0, timeout=120)
+    t_end = probe.wait_flowing(t0, time.monotonic(), timeout=120)
     time.sleep(0.5)
     probe.stop()
     result = {"drill": kind, "old_primary": old, "new_primary": new, **probe.result(t0, t_end),
@@ -116,6 +116,7 @@ def run_system(system: str, drills: list[str], rounds: int, results: list[dict[s
     """All drills of one system on a fresh cluster; appends to ``results``; returns facts about the system."""
     base = tmp_dir("pgha-bench-failover-")
     facts: dict[str, Any] = {"load_before": load()}
+    keep = False
     try:
         if system.startswith("patroni"):
             import patroni
@@ -133,7 +134,14 @@ def run_system(system: str, drills: list[str], rounds: int, results: list[dict[s
             cluster.start()
             for kind in drills:
                 for i in range(rounds):
-                    r = run_drill(cluster, kind, i + 1)
+                    try:
+                        r = run_drill(cluster, kind, i + 1)
+                    except Exception as exc:  # noqa: BLE001 - recorded; the logs are kept for a look
+                        keep = True
+                        facts.setdefault("errors", []).append(f"{kind} #{i + 1}: {type(exc).__name__}: {exc}"[:2000])
+                        print(f"{system:16} {kind:10} #{i + 1}: FAILED ({type(exc).__name__}: {str(exc)[:300]}); "
+                              f"logs kept in {base}", flush=True)
+                        break
                     r.update(system=system, mode=system.split("-", 1)[1], round=i + 1, loadavg_1=load()["loadavg_1_5_15"][:1])
                     results.append(r)
                     print(f"{system:16} {kind:10} #{i + 1}: unavailable {r['write_unavailability_s']:6.3f}s, "
@@ -142,7 +150,8 @@ def run_system(system: str, drills: list[str], rounds: int, results: list[dict[s
         finally:
             cluster.stop()
     finally:
-        harness.remove_tree(base)
+        if not keep:
+            harness.remove_tree(base)
     facts["load_after"] = load()
     return facts
 

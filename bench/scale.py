@@ -246,8 +246,12 @@ def main() -> int:
                 times.append(time.perf_counter() - a)
             times.sort()
             cd_keepers = len(snap.cd.keepers) if snap.cd is not None else 0
+            # decide() ran the whole steady-state path (not an early return before initialization)
+            steady = snap.spec is not None and snap.cd is not None and snap.cd.phase == "normal" \
+                and snap.cd.primary is not None
             row = {
                 "keepers": n, "keepers_in_snapshot": len(snap.keepers), "keepers_in_clusterdata": cd_keepers,
+                "decide_on_steady_state": steady,
                 "window_s": round(dt, 2),
                 "etcd_requests_per_s": round((e1["grpc_requests"] - e0["grpc_requests"]) / dt, 1),
                 "etcd_bytes_in_per_s": round((e1["grpc_received_bytes"] - e0["grpc_received_bytes"]) / dt),

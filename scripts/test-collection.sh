@@ -7,7 +7,8 @@
 # sanity    ansible-test sanity --venv
 # units     ansible-test units --venv (modules and the inventory plugin against fakes)
 # kubernetes  scripts/test-kubernetes.sh: the Kubernetes platform without a cluster (kmock, kubernetes-validate)
-# molecule  molecule test -s default: site.yml on localhost, idempotence, verify, teardown
+# molecule  molecule test for each scenario: default (site.yml, idempotence, verify, teardown),
+#           failover, upgrade, chaos (the drills) and kubernetes (skips without a cluster)
 #
 # ansible-test wants the collection at .../ansible_collections/pgha/cluster outside any git tree
 # that ignores it, so it runs on a copy of the working tree (tracked and untracked, not ignored
@@ -69,9 +70,15 @@ step_kubernetes() {
     bash "$ROOT/scripts/test-kubernetes.sh"
 }
 
+# The scenarios, one after another on this machine: default (site.yml, idempotence, verify,
+# teardown), then the drills of issue 4 (failover, upgrade, chaos), then kubernetes (skips, saying
+# so, without a reachable cluster). MOLECULE_SCENARIOS="default chaos" runs a subset.
 step_molecule() {
-    log "molecule test -s default"
-    ( cd "$ROOT" && molecule test -s default )
+    local sc
+    for sc in ${MOLECULE_SCENARIOS:-default failover upgrade chaos kubernetes}; do
+        log "molecule test -s $sc"
+        ( cd "$ROOT" && molecule test -s "$sc" )
+    done
 }
 
 steps=("$@")

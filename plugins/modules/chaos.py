@@ -17,7 +17,7 @@ description:
   - Samples the cluster's primary between kills and returns the failovers it saw.
   - Runs on the host whose supervisord runs the targets.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
   - pgha.cluster.store
 attributes:

@@ -18,7 +18,7 @@ description:
   - Finds the processes from the keeper's data directory (its lock file and postmaster.pid).
   - Runs on the host of the keeper.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full

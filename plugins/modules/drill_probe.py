@@ -15,7 +15,7 @@ description:
     stops it with SIGTERM.
   - The password reaches the probe through its environment, never its command line.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full

@@ -16,7 +16,7 @@ description:
     needs matplotlib on the host).
   - Fails when O(max_rto) or O(max_lost) is exceeded, after writing the report.
 author:
-  - pgha developers
+  - pgha developers (!UNKNOWN)
 attributes:
   check_mode:
     support: none

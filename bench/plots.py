@@ -68,9 +68,9 @@ def proxy(items: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
         for name, doc in items:
             cells = [c for c in doc["cells"] if c["workload"] == workload]
             clients = sorted({c["clients"] for c in cells})
-            paths = [p for p in ("direct", "haproxy", "pgha-proxy") if any(c["path"] == p for c in cells)]
+            paths = [p for p in ("direct", "haproxy", "pgha-proxy-asyncio", "pgha-proxy") if any(c["path"] == p for c in cells)]
             for path in paths:
-                if path != "pgha-proxy" and len(items) > 1 and name != items[-1][0]:
+                if not path.startswith("pgha-proxy") and len(items) > 1 and name != items[-1][0]:
                     continue  # direct and haproxy once (from the last file); pgha-proxy per file
                 label = path if path != "pgha-proxy" or len(items) == 1 else f"pgha-proxy ({doc.get('label') or name})"
                 tps = [next((c["tps"] for c in cells if c["path"] == path and c["clients"] == n), 0) for n in clients]

@@ -123,9 +123,15 @@ def main() -> int:
         return 2
     exit_on_sigterm()
     base = tmp_dir("pgha-bench-proxy-")
-    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1)
+    paths = args.paths.split(",")
+    # path "pgha-proxy-asyncio": a second pgha-proxy forced onto the standard asyncio loop, measured in
+    # the same run as the default one (same load), to show what the event loop changes
+    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1,
+                                  proxies=2 if "pgha-proxy-asyncio" in paths else 1)
     if args.proxy_event_loop:
         cluster.proxies["proxy0"].argv += ["--event-loop", args.proxy_event_loop]
+    if "pgha-proxy-asyncio" in paths:
+        cluster.proxies["proxy1"].argv += ["--event-loop", "asyncio"]
     haproxy: harness.Agent | None = None
     cells: list[dict[str, Any]] = []
     load_before = load()
@@ -136,6 +142,8 @@ def main() -> int:
         pg_port = cluster.keeper_pg_port[primary]
         haproxy, ha_port = start_haproxy(base, pg_port)
         ports = {"direct": pg_port, "pgha-proxy": cluster.proxy_port["proxy0"], "haproxy": ha_port}
+        if "proxy1" in cluster.proxy_port:
+            ports["pgha-proxy-asyncio"] = cluster.proxy_port["proxy1"]
         init = subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg_port),
                                "-U", "postgres", "postgres"], env={**os.environ, "PGPASSWORD": cluster.su_password},
                               capture_output=True, text=True, timeout=600)
@@ -143,7 +151,6 @@ def main() -> int:
             raise RuntimeError(f"pgbench -i failed:\n{init.stderr}")
         log_dir = base / "pgbench"
         log_dir.mkdir()
-        paths = args.paths.split(",")
         for workload in args.workloads.split(","):
             for clients in [int(c) for c in args.clients.split(",")]:
                 runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
@@ -152,7 +159,7 @@ def main() -> int:
                         r = pgbench(ports[path], cluster.su_password, workload, clients, args.duration, log_dir)
                         r["loadavg_1"] = load()["loadavg_1_5_15"][:1]
                         runs[path].append(r)
-                        print(f"{workload:6} c={clients:<3} {path:10} tps {r['tps']:9.1f}  p50 {r['p50_ms']:7.3f} ms"
+                        print(f"{workload:6} c={clients:<3} {path:18} tps {r['tps']:9.1f}  p50 {r['p50_ms']:7.3f} ms"
                               f"  p99 {r['p99_ms']:7.3f} ms", flush=True)
                 for path in paths:
                     rs = sorted(runs[path], key=lambda r: r["tps"])
@@ -177,8 +184,9 @@ def main() -> int:
                 for path in by:
                     if path != "direct":
                         row[f"{path}/direct"] = round(by[path]["tps"] / by["direct"]["tps"], 3)
-            if "pgha-proxy" in by and "haproxy" in by:
-                row["pgha-proxy/haproxy"] = round(by["pgha-proxy"]["tps"] / by["haproxy"]["tps"], 3)
+            for path in ("pgha-proxy", "pgha-proxy-asyncio"):
+                if path in by and "haproxy" in by:
+                    row[f"{path}/haproxy"] = round(by[path]["tps"] / by["haproxy"]["tps"], 3)
             ratios.append(row)
     print()
     for row in ratios:

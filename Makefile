@@ -7,6 +7,9 @@ PYTHON     ?= /usr/bin/python3
 PGHA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pgha
 PYTEST_ARGS ?= -ra
 
+# the store of the default inventory (inventory/local.yml)
+PGHA_LOCAL_ENDPOINTS ?= http://127.0.0.1:12379,http://127.0.0.1:12381,http://127.0.0.1:12383
+
 export VENV AGENT_VENV PYTHON PGHA_CACHE
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/collections
 export PATH := $(VENV)/bin:$(PATH)
@@ -47,11 +50,16 @@ agents: bootstrap
 	@rm -rf files/agents/build
 
 up: bootstrap agents
-	@if [ ! -f playbooks/site.yml ]; then \
-	    echo "make up: playbooks/site.yml not there yet (the Ansible side of pgha is still being written)" >&2; \
-	    exit 1; \
-	fi
 	$(VENV)/bin/ansible-playbook -i inventory/local.yml playbooks/site.yml
+	@echo
+	@echo "pgha is up (cluster main on 127.0.0.1). Connect through the proxy:"
+	@echo "  read-write: PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_su_password) psql 'host=127.0.0.1 port=25432 user=postgres dbname=postgres'"
+	@echo "  read-only:  PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_su_password) psql 'host=127.0.0.1 port=25433 user=postgres dbname=postgres'"
+	@echo "Status (and switchover, update, ...):"
+	@echo "  export PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS)"
+	@echo "  $(VENV)/bin/pghactl status"
+	@echo
+	@PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) $(VENV)/bin/pghactl status
 
 test: lint test-engine test-collection
 

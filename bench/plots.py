@@ -61,29 +61,28 @@ def failover(name: str, doc: dict[str, Any], out: Path) -> Path:
 
 
 def proxy(items: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, workload in zip(axes, ("select", "tpcb")):
-        bars: list[tuple[str, list[float]]] = []
-        clients: list[int] = []
-        for name, doc in items:
-            cells = [c for c in doc["cells"] if c["workload"] == workload]
-            clients = sorted({c["clients"] for c in cells})
-            paths = [p for p in ("direct", "haproxy", "pgha-proxy-asyncio", "pgha-proxy") if any(c["path"] == p for c in cells)]
-            for path in paths:
-                if not path.startswith("pgha-proxy") and len(items) > 1 and name != items[-1][0]:
-                    continue  # direct and haproxy once (from the last file); pgha-proxy per file
-                label = path if path != "pgha-proxy" or len(items) == 1 else f"pgha-proxy ({doc.get('label') or name})"
-                tps = [next((c["tps"] for c in cells if c["path"] == path and c["clients"] == n), 0) for n in clients]
-                bars.append((label, tps))
-        width = 0.8 / max(1, len(bars))
-        for i, (label, tps) in enumerate(bars):
-            ax.bar([j + i * width for j in range(len(clients))], tps, width, label=label)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(clients))], [f"{n} clients" for n in clients])
-        ax.set_ylabel("TPS")
-        ax.set_title("select-only (-S)" if workload == "select" else "TPC-B-like")
-        ax.legend(fontsize=7)
-    fig.suptitle("pgbench: direct, through HAProxy, through pgha-proxy (" + ", ".join(n for n, _ in items) + ")",
-                 fontsize=8)
+    """pgha-proxy TPS relative to HAProxy's in the same run, per cell; one bar per file and pgha path."""
+    cells = [(w, n) for w in ("select", "tpcb") for n in (1, 8, 32)]
+    series: list[tuple[str, list[float]]] = []
+    for name, doc in items:
+        rows = {(r["workload"], r["clients"]): r for r in doc["ratios"]}
+        for path in ("pgha-proxy-asyncio", "pgha-proxy"):
+            key = f"{path}/haproxy"
+            if not any(key in r for r in rows.values()):
+                continue
+            label = f"{path} — {doc.get('label') or name} [{name}]"
+            series.append((label, [rows.get(c, {}).get(key, float("nan")) for c in cells]))
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / max(1, len(series))
+    for i, (label, vals) in enumerate(series):
+        ax.bar([j + i * width for j in range(len(cells))], vals, width, label=label[:110])
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.axhline(0.9, color="red", lw=0.8, ls="--", label="target on select-only, 8 clients: 0.9")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cells))],
+                  [f"{'select-only' if w == 'select' else 'TPC-B-like'}\n{n} clients" for w, n in cells])
+    ax.set_ylabel("pgha-proxy TPS / HAProxy TPS (same run)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
+    ax.set_title("Proxy throughput relative to HAProxy (pgbench, 2 cores, shared machine)", fontsize=9)
     fig.tight_layout()
     path = out / "proxy-cost.png"
     fig.savefig(path, dpi=100)
@@ -97,6 +96,7 @@ def scale(name: str, doc: dict[str, Any], out: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     axes[0].plot(n, [r["etcd_requests_per_s"] for r in rows], "o-", label="etcd requests/s (all clients)")
     axes[0].plot(n, [r["sentinel_requests_per_s"] for r in rows], "s-", label="leading sentinel requests/s")
+    axes[0].plot(n, [r["etcd_requests_per_s_per_keeper"] for r in rows], "^-", label="etcd requests/s per keeper")
     axes[0].set_xlabel("keepers")
     axes[0].set_ylabel("requests per second")
     axes[0].legend(fontsize=7)
@@ -112,7 +112,8 @@ def scale(name: str, doc: dict[str, Any], out: Path) -> Path:
     axes[2].plot(n, [r["decide_p95_ms"] for r in rows], "s--", label="decide() p95")
     axes[2].plot(n, [r["snapshot_read_parse_median_ms"] for r in rows], "^-", label="snapshot read+parse")
     axes[2].set_xlabel("keepers")
-    axes[2].set_ylabel("ms")
+    axes[2].set_ylabel("ms (log scale)")
+    axes[2].set_yscale("log")
     axes[2].legend(fontsize=7)
     fig.suptitle(f"Scale: store traffic and sentinel decision time ({name})", fontsize=9)
     fig.tight_layout()

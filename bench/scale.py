@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from common import exit_on_sigterm, harness, load, tmp_dir, write_result  # noqa: E402
 
+from pgha.keeper.main import REREAD_EVERY  # noqa: E402
 from pgha.model import KeeperStatus, keys  # noqa: E402
 from pgha.sentinel.decide import Memory, decide  # noqa: E402
 from pgha.sentinel.main import Sentinel  # noqa: E402
@@ -147,11 +148,18 @@ class SimKeeper:
                 pass
 
     def _cd_loop(self) -> None:
+        """Like pgha-keeper's main loop: re-read the cluster data when the watch on it saw a change,
+        and at least every REREAD_EVERY loops."""
+        changed, rev, loops = True, 0, 0
         while not self.stop.is_set():
             try:
-                kvs, rev = self.store.get_prefix(self.k.clusterdata)
-                self.store.wait(self.k.clusterdata, rev, SLEEP_INTERVAL)
+                if changed or loops >= REREAD_EVERY:
+                    kv = self.store.get(self.k.clusterdata)
+                    rev, loops = (kv.mod_revision if kv else 0), 0
+                loops += 1
+                changed = self.store.wait(self.k.clusterdata, rev, SLEEP_INTERVAL)
             except Exception:  # noqa: BLE001
+                changed = True
                 self.stop.wait(SLEEP_INTERVAL)
 
     def close(self) -> None:

@@ -60,6 +60,8 @@ DEFAULT_PG_PARAMETERS = {
 }
 
 
+REREAD_EVERY = 5  # loops between two reads of unchanged cluster data
+
 # A hot standby refuses to start when one of these is lower than on its primary. Replicas run
 # max(spec, the primary's running value); a lowered value reaches them after the primary restarts.
 HOT_STANDBY_PARAMETERS = {"max_connections": 100, "max_worker_processes": 8, "max_prepared_transactions": 0,
@@ -345,21 +347,28 @@ class Keeper:
         self.error = text
 
     def main_loop(self) -> None:
+        # The cluster data is re-read when the watch on it reports a change, and at least every
+        # REREAD_EVERY loops in case a watch missed one: reading it every loop made each keeper's
+        # store traffic grow with the size of the cluster.
+        changed, ok, last_read = True, False, 0.0
         while not self.stopping.is_set():
-            try:
-                ok = self.read_cd()
-            except StoreError as exc:
-                self.set_error(f"cannot read the cluster data: {exc}")
-                self.stopping.wait(self.spec["sleep_interval"])
-                continue
+            if changed or not ok or time.monotonic() - last_read >= REREAD_EVERY * self.spec["sleep_interval"]:
+                try:
+                    ok = self.read_cd()
+                    last_read = time.monotonic()
+                except StoreError as exc:
+                    self.set_error(f"cannot read the cluster data: {exc}")
+                    self.stopping.wait(self.spec["sleep_interval"])
+                    continue
             if ok:
                 try:
                     self.step()
                 except (PgError, psycopg2.Error, OSError) as exc:
                     self.set_error(f"{self.last_action[0]} failed: {str(exc).strip()}")
             try:
-                self.store.wait(self.keys.clusterdata, self.cd_rev, self.spec["sleep_interval"])
+                changed = self.store.wait(self.keys.clusterdata, self.cd_rev, self.spec["sleep_interval"])
             except StoreError:
+                changed = True
                 self.stopping.wait(self.spec["sleep_interval"])
 
     def step(self) -> None:

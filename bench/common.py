@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE.parent / "files" / "agents" / "tests"))
 import psycopg2  # noqa: E402
 
 import harness  # noqa: E402,F401  (re-exported for the benchmarks)
+from pgha.drill import missing  # noqa: E402
 
 Connect = Callable[..., Any]
 
@@ -111,14 +112,7 @@ class Probe:
         return max(gaps) if gaps else float("nan")
 
     def lost(self) -> list[int]:
-        conn = self.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT id FROM {self.table}")
-                have = {r[0] for r in cur.fetchall()}
-        finally:
-            conn.close()
-        return [i for i, _ in self.acks if i not in have]
+        return missing(self.connect(), self.table, (i for i, _ in self.acks))
 
     def wait_flowing(self, t0: float, t_new: float, min_after: float = 2.0, writes: int = 5,
                      timeout: float = 120.0) -> float:

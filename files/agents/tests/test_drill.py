@@ -152,3 +152,35 @@ def test_disrupt_reaches_every_descendant(tmp_path: Path) -> None:
         for p in (keeper, postmaster):
             if p.poll() is None:
                 p.kill()
+
+
+class _FakeConn:
+    """Stands in for a psycopg2 connection holding ids 1, 2 and 4."""
+
+    closed = False
+
+    def cursor(self) -> "_FakeConn":
+        return self
+
+    def __enter__(self) -> "_FakeConn":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str) -> None:
+        assert sql == 'SELECT id FROM "t"'
+
+    def fetchall(self) -> list[tuple[int]]:
+        return [(1,), (2,), (4,)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_missing_lists_unstored_acknowledged_ids_in_order_and_closes() -> None:
+    from pgha.drill import missing
+
+    conn = _FakeConn()
+    assert missing(conn, "t", [1, 3, 2, 5, 4]) == [3, 5]
+    assert conn.closed

@@ -10,6 +10,8 @@ from typing import Any
 import psycopg2
 import pytest
 
+from pgha.drill import missing
+
 pytestmark = pytest.mark.integration
 
 
@@ -169,13 +171,7 @@ class Writer:
         return max(gaps) if gaps else 0.0
 
     def missing_on(self, conn) -> list[int]:
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT id FROM {self.table}")
-                have = {r[0] for r in cur.fetchall()}
-        finally:
-            conn.close()
-        return [i for i in self.acked if i not in have]
+        return missing(conn, self.table, self.acked)
 
 
 def test_freeze_primary_fails_over_and_rejoins(cluster_factory) -> None:

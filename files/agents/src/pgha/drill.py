@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import psycopg2
 
@@ -160,16 +160,21 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
     }
 
 
-def missing_ids(ev: Events, dsn: str, table: str, password: str | None = None) -> list[int]:
-    kw = {"password": password} if password else {}
-    conn = psycopg2.connect(dsn, connect_timeout=5, **kw)
+def missing(conn: Any, table: str, acked: Iterable[int]) -> list[int]:
+    """The acknowledged ids that ``table`` does not hold, in order; closes ``conn``. Shared by the
+    drills, the integration tests' writer and the benchmarks' probe."""
     try:
         with conn.cursor() as cur:
             cur.execute(f'SELECT id FROM "{table}"')
             have = {r[0] for r in cur.fetchall()}
     finally:
         conn.close()
-    return [i for i, _ in ev.acks if i not in have]
+    return [i for i in acked if i not in have]
+
+
+def missing_ids(ev: Events, dsn: str, table: str, password: str | None = None) -> list[int]:
+    kw = {"password": password} if password else {}
+    return missing(psycopg2.connect(dsn, connect_timeout=5, **kw), table, (i for i, _ in ev.acks))
 
 
 def chart(report: dict[str, Any], path: Path, title: str) -> bool:

@@ -142,7 +142,7 @@ def main():
             require_replica=dict(type="bool", default=False),
             user=dict(type="str", default="postgres"),
             password=dict(type="str", no_log=True),
-            password_file=dict(type="path"),
+            password_file=dict(type="path", no_log=False),  # a path, not a secret
             database=dict(type="str", default="postgres"),
             connect_timeout=dict(type="int", default=5),
         ),

@@ -95,6 +95,22 @@ class FakeApi:
             return out
         return self._call(collect)
 
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the server received so far, in order: {method, path, params, data} (data: the
+        parsed JSON body, e.g. the DeleteOptions of a DELETE)."""
+        def collect() -> list[dict[str, Any]]:
+            return [{"method": str(r.method.value if hasattr(r.method, "value") else r.method).upper(),
+                     "path": r.url.path, "params": dict(r.params), "data": copy.deepcopy(r.data)}
+                    for r in self.emulator]
+        return self._call(collect)
+
+    def answer(self, action: str, group: str, version: str, plural: str, status: int) -> None:
+        """Answer every later ``action`` (create, update, delete...) on ``plural`` with an HTTP error
+        ``status``. The emulator still applies the change, as a server that failed after acting would."""
+        def add() -> None:
+            self.emulator[kmock.action(action), kmock.resource(group, version, plural)] << status
+        self._call(add)
+
     def create(self, obj: dict[str, Any]) -> None:
         """Put an object in place as if a controller had made it (for example a pod)."""
         import json

@@ -178,4 +178,3 @@ def test_http_health(run_module, http_port):
                                                     "p2": "http://127.0.0.1:%d/bad" % http_port},
                                            "timeout": 1, "interval": 0.2})
     assert failed and "p2" in res["msg"] and "p1 " not in res["msg"] and res["status"]["p2"] == 503
-

@@ -256,6 +256,45 @@ CASES: list[Case] = [
                   [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
      lambda d, cd: (cd.keepers["k2"].synchronous_standbys == ("k3",) and cd.sync.standbys == ("k3",)
                     and cd.sync.candidates == ()) or pytest.fail(str(cd))),
+    # ---------------------------------------------------------------- drain (maintenance of a replica)
+    ("drain: the drained sync standby is replaced by another streaming replica and leaves the RO targets",
+     lambda: snap(cluster(spec=spec(synchronous_replication=True), sync=SyncState(("k2",), ("k2",), 700)),
+                  [ks("k1", "primary", lsn=800, sync=("k2",), repl=rows("k2", "k3", sync=("k2",))), ks("k2"), ks("k3")],
+                  commands={"drain/k2": {"drained": True}}),
+     lambda d, cd: (cd.keepers["k2"].drained and cd.sync.standbys == ("k3",) and cd.sync.candidates == ()
+                    and cd.keepers["k1"].synchronous_standbys == ("k3",) and cd.proxy.ro_targets == ("k3",)
+                    and d.consumed == ("drain/k2",)) or pytest.fail(f"{cd.sync} {cd.proxy} {d.events}")),
+    ("drain: with no other replica the drained sync standby stays synchronous (commits block, nothing is lost)",
+     lambda: snap(cluster(replicas=("k2",), spec=spec(synchronous_replication=True),
+                          sync=SyncState(("k2",), ("k2",), 700)),
+                  [ks("k1", "primary", lsn=800, sync=("k2",), repl=rows("k2", sync=("k2",))), ks("k2")],
+                  commands={"drain/k2": {"drained": True}}),
+     lambda d, cd: (cd.keepers["k2"].drained and cd.sync.standbys == ("k2",) and cd.sync.candidates == ("k2",))
+     or pytest.fail(str(cd.sync))),
+    ("drain: a drained keeper is not chosen as synchronous standby while another one can be",
+     lambda: snap(cluster(spec=spec(synchronous_replication=True),
+                          keepers={**cluster().keepers, "k2": KeeperSpec(role="replica", follow="k1", address="h:k2",
+                                                                         drained=True)}),
+                  [ks("k1", "primary", lsn=800, repl=rows("k2", "k3")), ks("k2"), ks("k3")]),
+     lambda d, cd: (cd.sync.standbys == ("k3",)) or pytest.fail(str(cd.sync))),
+    ("drain --undo: the keeper is no longer drained, the synchronous standby stays where it is",
+     lambda: snap(cluster(spec=spec(synchronous_replication=True), sync=SyncState(("k3",), ("k3",), 700),
+                          keepers={**cluster().keepers, "k2": KeeperSpec(role="replica", follow="k1", address="h:k2",
+                                                                         drained=True)}),
+                  [ks("k1", "primary", lsn=800, sync=("k3",), repl=rows("k2", "k3", sync=("k3",))), ks("k2"), ks("k3")],
+                  commands={"drain/k2": {"drained": False}}),
+     lambda d, cd: (not cd.keepers["k2"].drained and cd.sync.standbys == ("k3",) and "k2" in cd.proxy.ro_targets)
+     or pytest.fail(f"{cd.sync} {cd.proxy}")),
+    ("drain: a switchover without a target prefers a keeper that is not drained",
+     lambda: snap(cluster(keepers={**cluster().keepers, "k2": KeeperSpec(role="replica", follow="k1", address="h:k2",
+                                                                         drained=True)}),
+                  [ks("k1", "primary", lsn=100, repl=rows("k2", "k3")), ks("k2", lsn=100), ks("k3", lsn=90)],
+                  commands={"switchover": {"id": "s1"}}),
+     lambda d, cd: (cd.transition is not None and cd.transition.new == "k3") or pytest.fail(str(cd.transition))),
+    ("drain of an unknown keeper is ignored",
+     lambda: snap(cluster(), healthy3(), commands={"drain/k9": {"drained": True}}),
+     lambda d, cd: (d.consumed == ("drain/k9",) and any("no such keeper" in e for e in d.events))
+     or pytest.fail(str(d))),
     # ---------------------------------------------------------------- membership
     ("removekeeper removes a replica and refuses the primary",
      lambda: snap(cluster(), healthy3(), commands={"removekeeper/k3": {}, "removekeeper/k1": {}}),

@@ -123,6 +123,7 @@ class Ctl:
                 "phase": st.phase if st else "down",
                 "error": st.error if st else "no status (keeper down or its lease expired)",
                 "pending_restart": bool(st and st.pending_restart),
+                "drained": bool(want and want.drained),
             })
         return {
             "cluster": {
@@ -209,6 +210,53 @@ class Ctl:
             raise CtlError(f"{uid} is the primary: switch over first (pghactl switchover)")
         self._request(f"removekeeper/{uid}", {"requested_at": time.time()})
 
+    def drain(self, uid: str, drained: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+        """Take a replica out of the synchronous standbys and read-only targets (or put it back).
+
+        Waits until the sentinel recorded it, the primary runs the new synchronous_standby_names and
+        every live proxy follows the new read-only targets. Returns what was reached; "synchronous"
+        stays true when no other streaming replica could take its place (then its restart would
+        stall commits, and the caller decides whether to go on).
+        """
+        cd = self._require_keeper(uid)
+        if drained and cd.primary == uid:
+            raise CtlError(f"{uid} is the primary: switch over first (pghactl switchover)")
+        self._request(f"drain/{uid}", {"drained": drained, "requested_at": time.time()})
+        deadline = time.monotonic() + timeout
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = self.status()
+            cd = self.clusterdata()
+            if cd is not None and uid in cd.keepers and cd.keepers[uid].drained == drained:
+                primary = next((k for k in st["keepers"] if k["uid"] == cd.primary), None)
+                applied = self._applied_sync(cd.primary)
+                synchronous = uid in cd.sync.standbys
+                proxies_follow = all(p["generation"] >= cd.proxy.generation for p in st["proxies"] if p["listening"])
+                state = {"uid": uid, "drained": drained, "synchronous": synchronous,
+                         "read_only_target": uid in cd.proxy.ro_targets, "proxies_follow": proxies_follow}
+                if not drained:
+                    return state
+                sync_settled = (applied is not None and (uid in applied) == synchronous) or primary is None
+                if sync_settled and proxies_follow:
+                    return state
+            time.sleep(0.05)
+        if not state:
+            self.store.delete(self.keys.command(f"drain/{uid}"))
+            raise CtlError(f"no leading sentinel took the drain request for {uid} within {timeout:.0f}s")
+        raise CtlError(f"drain of {uid} did not settle within {timeout:.0f}s: {state} (see pghactl status)")
+
+    def _applied_sync(self, primary: str | None) -> tuple[str, ...] | None:
+        """The synchronous standbys the primary reports it runs with."""
+        if primary is None:
+            return None
+        kv = self.store.get(self.keys.keeper(primary))
+        if kv is None:
+            return None
+        try:
+            return KeeperStatus.loads(kv.value).synchronous_standbys
+        except FormatError:
+            return None
+
     def switchover(self, to: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
         cd = self.clusterdata()
         if cd is None or cd.primary is None:
@@ -252,7 +300,8 @@ def _text_status(st: dict[str, Any]) -> str:
     for k in st["keepers"]:
         lines.append(f"{k['uid']:<12} {str(k['healthy']).lower():<8} {k['role']:<8} {k['address']:<22} "
                      f"{k['timeline'] if k['timeline'] is not None else '-':>3} {k['lsn'] or '-':<12} "
-                     f"{k['lag'] if k['lag'] is not None else '-':>8}  {'yes' if k['synchronous'] else ''}")
+                     f"{k['lag'] if k['lag'] is not None else '-':>8}  {'yes' if k['synchronous'] else ''}"
+                     f"{'  (drained)' if k.get('drained') else ''}".rstrip())
     lines.append("")
     lines.append("sentinels: " + (", ".join(f"{s['uid']}{' (leader)' if s['leader'] else ''}"
                                             for s in st["sentinels"]) or "none"))
@@ -295,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     sp = add("switchover", "move the primary to another keeper with minimal write downtime")
     sp.add_argument("--to", help="target keeper uid (default: the best eligible replica)")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for completion")
+    sp = add("drain", "before maintenance of a replica: move the synchronous standby role and read-only "
+                      "clients away from it, so that restarting it stalls no commit (--undo: end it)")
+    sp.add_argument("uid")
+    sp.add_argument("--undo", action="store_true", help="end the drain: the keeper may be synchronous and serve reads again")
+    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait until the drain settles")
     sp = add("failkeeper", "make the sentinel treat a keeper as failed once (forces failover)")
     sp.add_argument("uid")
     sp = add("removekeeper", "remove a (dead) keeper from the cluster")
@@ -329,6 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "switchover":
             r = ctl.switchover(args.to, timeout=args.timeout)
             print(f"switchover done: primary moved from {r['from']} to {r['to']} in {r['seconds']}s")
+        elif args.command == "drain":
+            r = ctl.drain(args.uid, drained=not args.undo, timeout=args.timeout)
+            if args.undo:
+                print(f"keeper {args.uid} is no longer drained")
+            elif r["synchronous"]:
+                print(f"keeper {args.uid} is drained but still a synchronous standby: no other streaming replica can "
+                      "take its place, so restarting it stalls commits until it is back")
+            else:
+                print(f"keeper {args.uid} is drained: not a synchronous standby, no read-only clients are sent to it")
         elif args.command == "failkeeper":
             ctl.failkeeper(args.uid)
             print(f"requested: keeper {args.uid} will be treated as failed once")

@@ -116,6 +116,8 @@ class KeeperSpec:
     init: str | None = None  # "new" | "existing" for the keeper that creates the cluster
     address: str = ""  # host:port of its PostgreSQL, copied from the keeper's status
     synchronous_standbys: tuple[str, ...] = ()  # on the primary: synchronous_standby_names members
+    # pghactl drain: kept out of the synchronous standbys and read-only targets (maintenance)
+    drained: bool = False
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "KeeperSpec":
@@ -125,6 +127,7 @@ class KeeperSpec:
             init=d.get("init"),
             address=str(d.get("address", "")),
             synchronous_standbys=tuple(d.get("synchronous_standbys", ())),
+            drained=bool(d.get("drained", False)),
         )
 
 

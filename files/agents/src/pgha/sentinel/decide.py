@@ -26,6 +26,11 @@ The rules, in order:
   ``promote``: the new primary is told to promote; when it reports itself primary, proxies are
   pointed at it.
 * **Synchronous replication.** See ``manage_sync``.
+* **Drain.** ``pghactl drain KEEPER`` (before restarting a replica for maintenance) takes the keeper
+  out of the synchronous standbys, when another streaming replica can take its place, and out of the
+  read-only targets, so that its restart stalls no commit and cuts no read-only client; it is
+  elected or chosen for a switchover only when no other replica is eligible. ``pghactl drain --undo``
+  ends it.
 """
 
 from __future__ import annotations
@@ -294,6 +299,17 @@ def _commands(ctx: _Ctx, cd: ClusterData) -> ClusterData:
             elif uid in cd.keepers:
                 ctx.log(f"removekeeper {uid}: removed from the cluster")
                 cd = _remove_keeper(cd, uid)
+        elif name.startswith("drain/"):
+            uid = name.split("/", 1)[1]
+            ctx.consumed.append(name)
+            drained = bool(doc.get("drained", True))
+            if uid not in cd.keepers:
+                ctx.log(f"drain {uid}: no such keeper, ignored")
+            elif cd.keepers[uid].drained != drained:
+                ctx.log(f"keeper {uid} drained for maintenance: out of the synchronous standbys (when another "
+                        f"replica can take its place) and the read-only targets" if drained
+                        else f"keeper {uid} no longer drained: it may again be a synchronous standby and serve reads")
+                cd = cd.with_keeper(uid, drained=drained)
         elif name == "switchover":
             if cd.transition is not None:
                 continue  # handled when the current transition ends
@@ -348,7 +364,8 @@ def eligible(ctx: _Ctx, cd: ClusterData, exclude: str | None) -> tuple[list[tupl
                 out.append((uid, st.lsn or 0))
     else:
         out = [(uid, st.lsn or 0) for uid, st in candidates]
-    out.sort(key=lambda item: (-item[1], item[0]))
+    # a drained keeper is about to restart: chosen only when no other replica is eligible
+    out.sort(key=lambda item: (cd.keepers[item[0]].drained, -item[1], item[0]))
     return out, why
 
 
@@ -542,7 +559,8 @@ def _initial_sync_set(ctx: _Ctx, cd: ClusterData, new: str, old: str | None) -> 
         return ()
     snap = ctx.snap
     spec = cd.spec
-    pool = [u for u in sorted(cd.keepers, key=lambda u: (-(snap.keepers[u].lsn or 0) if u in snap.keepers else 0, u))
+    pool = [u for u in sorted(cd.keepers, key=lambda u: (cd.keepers[u].drained,
+                                                          -(snap.keepers[u].lsn or 0) if u in snap.keepers else 0, u))
             if u not in (new, old) and u in snap.keepers and snap.keepers[u].healthy
             and not _failed(ctx, cd, u)]
     chosen = pool[: spec["max_synchronous_standbys"]]
@@ -589,7 +607,7 @@ def _steady(ctx: _Ctx, cd: ClusterData) -> ClusterData:
 
 
 def _streaming_replicas(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> list[str]:
-    """Replicas the primary reports as streaming, most advanced first."""
+    """Replicas the primary reports as streaming, most advanced first; drained keepers left out."""
     snap = ctx.snap
     rows = {r.name: r for r in pst.replication if r.state == "streaming"}
     out = []
@@ -598,6 +616,8 @@ def _streaming_replicas(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> list[s
             continue
         st = snap.keepers.get(uid)
         if st is None or not st.healthy or cd.keepers[uid].role != ROLE_REPLICA or _failed(ctx, cd, uid):
+            continue
+        if cd.keepers[uid].drained:
             continue
         out.append(uid)
     out.sort(key=lambda u: (-(rows[u].flush_lsn or 0), u))
@@ -680,7 +700,7 @@ def _ro_targets(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> ClusterData:
     out = []
     rows = {r.name: r for r in pst.replication if r.state == "streaming"}
     for uid in sorted(cd.keepers):
-        if uid == cd.primary or uid not in rows or cd.keepers[uid].role != ROLE_REPLICA:
+        if uid == cd.primary or uid not in rows or cd.keepers[uid].role != ROLE_REPLICA or cd.keepers[uid].drained:
             continue
         st = snap.keepers.get(uid)
         if st is None or not st.healthy or st.role != ROLE_REPLICA:

@@ -320,3 +320,39 @@ def test_promoted_primary_needs_no_restart(cluster_factory) -> None:
     c.ctl("switchover", "--to", target, timeout=90)
     st = c.wait_for(healthy_cluster(2), timeout=120, what="the old primary back as a replica")
     assert not any(k["pending_restart"] for k in st["keepers"]), st["keepers"]
+
+
+def test_drained_synchronous_standby_can_stop_without_stalling_commits(cluster_factory) -> None:
+    c = cluster_factory(spec={"synchronous_replication": True})
+    st = c.wait_for(lambda s: healthy_cluster()(s) and len(s["cluster"]["synchronous_standbys"]) == 1,
+                    timeout=120, what="a healthy synchronous cluster")
+    standby = st["cluster"]["synchronous_standbys"][0]
+    out = c.ctl("drain", standby, timeout=60)
+    assert "is drained: not a synchronous standby" in out.stdout, out.stdout
+    st = c.status()
+    assert standby not in st["cluster"]["synchronous_standbys"] and st["cluster"]["synchronous_standbys"]
+    assert standby not in st["cluster"]["ro_targets"]
+    assert next(k for k in st["keepers"] if k["uid"] == standby)["drained"]
+    c.keepers[standby].stop()
+    # Had the stopped keeper stayed a synchronous standby, this commit would wait until it is back.
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            write_row(c, "after-drain")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        done.set()
+
+    threading.Thread(target=commit, daemon=True).start()
+    assert done.wait(30), "a commit stalled with the drained synchronous standby stopped"
+    assert not errors, errors
+    c.keepers[standby].start()
+    c.wait_for(healthy_cluster(), timeout=120, what="the drained keeper back as a streaming replica")
+    out = c.ctl("drain", standby, "--undo", timeout=60)
+    assert "no longer drained" in out.stdout
+    assert not next(k for k in c.status()["keepers"] if k["uid"] == standby)["drained"]
+    # the primary cannot be drained
+    bad = c.ctl("drain", primary_of(c.status()), check=False)
+    assert bad.returncode != 0 and "switch over first" in bad.stderr

@@ -17,7 +17,7 @@ description:
   - When no other replica can take its place the keeper stays a synchronous standby (commits are
     never acknowledged unreplicated); RV(synchronous) says so and the module warns.
   - O(drained=false) ends the drain.
-  - The primary cannot be drained: switch over first.
+  - The primary cannot be drained (switch over first).
 author:
   - pgha developers (!UNKNOWN)
 extends_documentation_fragment:

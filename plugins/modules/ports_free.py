@@ -145,11 +145,11 @@ def main():
     p = module.params
     stdout = ""
     if p["service_manager"] == "systemd":
-        rc, stdout, _ = module.run_command(["systemctl", "list-units", "--type=service", "--state=active",
+        stdout = module.run_command(["systemctl", "list-units", "--type=service", "--state=active",
                                             "--no-legend", "--plain", p["unit_prefix"] + "*"])
     elif p["supervisorctl"] and p["config"] and os.path.exists(p["supervisorctl"]) and os.path.exists(p["config"]):
         # rc 3: some program is not running; any other failure (no supervisord yet): nothing runs
-        rc, stdout, _ = module.run_command([p["supervisorctl"], "-c", p["config"], "status"])
+        stdout = module.run_command([p["supervisorctl"], "-c", p["config"], "status"])[1]
     running = running_programs(p["service_manager"], stdout or "", p["unit_prefix"])
 
     def is_taken(address, port):

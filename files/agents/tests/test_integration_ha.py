@@ -89,7 +89,11 @@ def test_init_write_read_and_crash_failover(cluster_factory) -> None:
     for uid in c.keepers:
         if uid != old:
             wait_value_on(c, uid, "before")
-    # read-only port reaches a replica
+    # read-only port reaches a replica, once the sentinel has seen them stream (the primary's report)
+    # and every proxy follows the read-only targets
+    c.wait_for(lambda s: s["cluster"]["ro_targets"]
+               and all(p["generation"] >= s["cluster"]["proxy_generation"] for p in s["proxies"]),
+               timeout=60, what="read-only targets that every proxy follows")
     ro = c.connect_ro()
     with ro.cursor() as cur:
         cur.execute("SELECT pg_is_in_recovery()")

@@ -127,6 +127,35 @@ def test_etcd_watch_wakes_on_change(etcd: harness.EtcdCluster) -> None:
 
 @pytest.mark.integration
 @pytest.mark.needs("etcd")
+def test_etcd_wait_events_says_what_changed(etcd: harness.EtcdCluster) -> None:
+    store = EtcdStore(etcd.endpoints)
+    lease = store.grant(2)
+    store.put("/e/keepers/k1", "v", lease=lease)
+    _, rev = store.get_prefix("/e/")
+    store.put("/e/keepers/k1", "v2", lease=lease)
+    [ev] = store.wait_events("/e/", rev, 5)
+    assert (ev.kind, ev.key) == ("put", "/e/keepers/k1") and ev.revision > rev
+    store.revoke(lease)  # what an expired lease does: the key is deleted
+    [ev2] = store.wait_events("/e/", ev.revision, 5)
+    assert (ev2.kind, ev2.key) == ("delete", "/e/keepers/k1") and ev2.revision > ev.revision
+    assert store.wait_events("/e/", ev2.revision, 0.3) == []
+
+
+def test_sentinel_wakes_at_once_for_anything_but_status_refreshes() -> None:
+    from pgha.sentinel.main import urgent
+    from pgha.store import WatchEvent
+
+    base = "/pgha/c/"
+    refresh = [WatchEvent("put", base + "keepers/k1", 5), WatchEvent("put", base + "proxies/p1", 6)]
+    assert not urgent(refresh, base)
+    assert urgent(refresh + [WatchEvent("delete", base + "keepers/k2", 7)], base)  # a lease expired
+    for key in ("clusterdata", "spec", "commands/switchover", "sentinel-leader"):
+        assert urgent([WatchEvent("put", base + key, 8)], base), key
+    assert urgent([WatchEvent("resync", base, 9)], base)
+
+
+@pytest.mark.integration
+@pytest.mark.needs("etcd")
 def test_etcd_down_raises_store_error() -> None:
     store = EtcdStore(f"http://127.0.0.1:{harness.free_port()}", timeout=1)
     with pytest.raises(StoreError, match="unreachable"):

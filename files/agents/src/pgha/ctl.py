@@ -134,6 +134,7 @@ class Ctl:
                 "primary": primary,
                 "generation": cd.generation if cd else 0,
                 "proxy_target": cd.proxy.target if cd else None,
+                "proxy_generation": cd.proxy.generation if cd else 0,
                 "ro_targets": list(cd.proxy.ro_targets) if cd else [],
                 "synchronous_standbys": list(cd.sync.standbys) if cd else [],
                 "transition": (cd.transition.kind + ":" + cd.transition.stage) if cd and cd.transition else None,

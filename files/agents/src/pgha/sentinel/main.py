@@ -3,6 +3,14 @@
 Loop: keep our lease and status alive -> campaign for the leader key -> (leader only) read the
 whole cluster prefix -> ``decide()`` -> compare-and-swap the cluster data, guarded by our leader
 key -> log each decision -> wait for the next store change or ``sleep_interval``.
+
+What wakes the loop: a follower waits on the leader key only. The leader wakes at once on any
+change while something is under way (initialization, a transition, a command, an unhealthy keeper)
+and, in steady state, on any change but a status refresh (a keeper, proxy or sentinel re-putting its
+status): deletes (an expired lease: a keeper or proxy gone), the cluster data, the spec, commands.
+Status refreshes in steady state are coalesced to one check per ``STEADY_GAP`` of the sleep
+interval, so the leader's reads (the whole prefix, which grows with the cluster) do not grow with
+the number of keepers times their report rate.
 """
 
 from __future__ import annotations
@@ -17,14 +25,25 @@ import uuid
 from typing import Any
 
 from pgha import cli, log as pglog
-from pgha.model import ClusterData, FormatError, KeeperStatus, Keys, ProxyStatus, SentinelStatus, keys, loads
+from pgha.model import PHASE_NORMAL, ClusterData, FormatError, KeeperStatus, Keys, ProxyStatus, SentinelStatus, keys, loads
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.spec import DEFAULTS, SpecError, normalize
-from pgha.store import Store, StoreError
+from pgha.store import Store, StoreError, WatchEvent
 
 logger = logging.getLogger("pgha.sentinel")
 
 MIN_LOOP_GAP = 0.05  # seconds between two checks when store changes wake us
+STEADY_GAP = 0.5  # fraction of sleep_interval between two checks woken by status refreshes only
+STATUS_PREFIXES = ("keepers/", "proxies/", "sentinels/")
+
+
+def urgent(events: list[WatchEvent], base: str) -> bool:
+    """Whether these changes need a check at once even in steady state: anything but status
+    refreshes (puts of keeper, proxy or sentinel status documents)."""
+    for ev in events:
+        if ev.kind != "put" or not ev.key.startswith(base) or not ev.key[len(base):].startswith(STATUS_PREFIXES):
+            return True
+    return False
 
 
 def read_spec(raw: bytes) -> tuple[dict[str, Any], str]:
@@ -49,6 +68,7 @@ class Sentinel:
         self.fail_interval = DEFAULTS["fail_interval"]
         self._last_problem = ""
         self._last_heartbeat = 0.0
+        self.steady = False  # the leader's last check found nothing under way (see the module doc)
 
     # ------------------------------------------------------------------ lease and election
     def _ttl(self) -> int:
@@ -133,6 +153,7 @@ class Sentinel:
     def check(self) -> int:
         """One iteration; returns the store revision it read at."""
         self._heartbeat()
+        self.steady = False
         if not self._campaign():
             kvs, revision = self.store.get_prefix(self.keys.leader)
             return revision
@@ -140,6 +161,9 @@ class Sentinel:
         if snap is None:
             return revision
         decision: Decision = decide(snap, self.memory)
+        cd = decision.cd or snap.cd
+        self.steady = (decision.cd is None and cd is not None and cd.phase == PHASE_NORMAL and cd.transition is None
+                       and cd.primary is not None and not snap.commands and not self.memory.unhealthy_since)
         if decision.cd is not None:
             ok = self.store.cas(self.keys.clusterdata, decision.cd.dumps(), cd_rev,
                                 guard=(self.keys.leader, self.uid))
@@ -171,16 +195,35 @@ class Sentinel:
                 self.leader = False
                 self.stopping.wait(self.interval)
                 continue
-            # wait for any change under the cluster prefix, at most sleep_interval
-            left = self.interval - (time.monotonic() - started)
-            if left > 0:
-                try:
-                    self.store.wait(self.keys.base, revision, left)
-                except StoreError:
-                    self.stopping.wait(left)
+            try:
+                self._wait(started, revision)
+            except StoreError:
+                self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
             if self.stopping.wait(MIN_LOOP_GAP):
                 break
         self.shutdown()
+
+    def _wait(self, started: float, revision: int) -> None:
+        """Until the next check: see the module doc for what wakes it. At most sleep_interval."""
+        deadline = started + self.interval
+        if not self.leader:
+            left = deadline - time.monotonic()
+            if left > 0:
+                self.store.wait(self.keys.leader, revision, left)
+            return
+        earliest = started + self.interval * STEADY_GAP if self.steady else started
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            events = self.store.wait_events(self.keys.base, revision, left)
+            if not events or urgent(events, self.keys.base):
+                return
+            revision = max([revision] + [ev.revision for ev in events])
+            if time.monotonic() >= earliest:
+                return
+            # a status refresh in steady state: keep watching (for anything urgent) until earliest
+            deadline = min(deadline, earliest)
 
     def shutdown(self) -> None:
         try:

@@ -1,8 +1,8 @@
 """Store backends: etcd v3 (``etcd.EtcdStore``) and in-memory (``memory.MemoryStore``) for tests."""
 
-from pgha.store.base import KV, Store, StoreError
+from pgha.store.base import KV, Store, StoreError, WatchEvent
 
-__all__ = ["KV", "Store", "StoreError", "open_store"]
+__all__ = ["KV", "Store", "StoreError", "WatchEvent", "open_store"]
 
 
 def open_store(endpoints: str, *, ca_file: str | None = None, cert_file: str | None = None,

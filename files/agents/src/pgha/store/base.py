@@ -26,6 +26,16 @@ class KV:
     lease: int = 0
 
 
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by ``Store.wait_events``: kind is "put", "delete" or "resync" (the store
+    could not say what changed, e.g. after a compaction: treat everything as changed)."""
+
+    kind: str
+    key: str
+    revision: int = 0
+
+
 class Store(ABC):
     @abstractmethod
     def get(self, key: str) -> KV | None:
@@ -69,6 +79,13 @@ class Store(ABC):
     def wait(self, prefix: str, after_revision: int, timeout: float) -> bool:
         """Block until a key under ``prefix`` changes after ``after_revision`` or ``timeout`` passes.
         Returns True on a change. Agents use it to react at once instead of at the next poll."""
+
+    def wait_events(self, prefix: str, after_revision: int, timeout: float) -> list[WatchEvent]:
+        """Like ``wait``, but says what changed (empty on timeout). This default cannot tell and
+        reports one "resync" event; the etcd store lists the events."""
+        if self.wait(prefix, after_revision, timeout):
+            return [WatchEvent("resync", prefix, after_revision + 1)]
+        return []
 
     def close(self) -> None:  # pragma: no cover - default no-op
         pass

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from pgha.store.base import KV, Store, StoreError
+from pgha.store.base import KV, Store, StoreError, WatchEvent
 
 
 def _b64(value: bytes | str) -> str:
@@ -199,6 +199,10 @@ class EtcdStore(Store):
     def wait(self, prefix: str, after_revision: int, timeout: float) -> bool:
         """Long-poll one watch on ``prefix``: True as soon as an event after ``after_revision``
         arrives, False on timeout. Uses its own connection so it never blocks other requests."""
+        return bool(self.wait_events(prefix, after_revision, timeout))
+
+    def wait_events(self, prefix: str, after_revision: int, timeout: float) -> list[WatchEvent]:
+        """The events of the first watch response after ``after_revision`` (empty on timeout)."""
         body = json.dumps({"create_request": {"key": _b64(prefix), "range_end": _prefix_end(prefix),
                                               "start_revision": str(after_revision + 1)}}).encode()
         n = len(self.endpoints)
@@ -213,18 +217,25 @@ class EtcdStore(Store):
                 while True:
                     line = resp.readline()
                     if not line:
-                        return False
+                        return []
                     try:
                         msg = json.loads(line)
                     except ValueError:
                         continue
                     result = msg.get("result", {})
-                    if result.get("events") or result.get("compact_revision"):
-                        return True
-                    if result.get("canceled"):
-                        return True
+                    if result.get("events"):
+                        out = []
+                        for ev in result["events"]:
+                            kv = ev.get("kv", {})
+                            out.append(WatchEvent("delete" if ev.get("type") == "DELETE" else "put",
+                                                  _unb64(kv.get("key", "")).decode(errors="replace"),
+                                                  int(kv.get("mod_revision", 0))))
+                        return out
+                    if result.get("compact_revision") or result.get("canceled"):
+                        rev = int(result.get("header", {}).get("revision", after_revision + 1))
+                        return [WatchEvent("resync", prefix, rev)]
             except (socket.timeout, TimeoutError):
-                return False
+                return []
             except (OSError, http.client.HTTPException):
                 continue
             finally:

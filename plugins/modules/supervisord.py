@@ -114,7 +114,7 @@ def main():
     def running_pid():
         if not os.path.exists(p["config"]):
             return 0
-        rc, out, _ = module.run_command([p["supervisorctl"], "-c", p["config"], "pid"])
+        rc, out, dummy = module.run_command([p["supervisorctl"], "-c", p["config"], "pid"])
         out = out.strip()
         return int(out) if rc == 0 and re.match(r"^[0-9]+$", out) else 0
 

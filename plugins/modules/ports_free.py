@@ -145,8 +145,9 @@ def main():
     p = module.params
     stdout = ""
     if p["service_manager"] == "systemd":
-        stdout = module.run_command(["systemctl", "list-units", "--type=service", "--state=active",
-                                            "--no-legend", "--plain", p["unit_prefix"] + "*"])
+        cmd = ["systemctl", "list-units", "--type=service", "--state=active", "--no-legend", "--plain",
+               p["unit_prefix"] + "*"]
+        stdout = module.run_command(cmd)[1]
     elif p["supervisorctl"] and p["config"] and os.path.exists(p["supervisorctl"]) and os.path.exists(p["config"]):
         # rc 3: some program is not running; any other failure (no supervisord yet): nothing runs
         stdout = module.run_command([p["supervisorctl"], "-c", p["config"], "status"])[1]

@@ -9,13 +9,20 @@ sockets and a real HTTP server."""
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import stat
 import threading
 
 import pytest
 
-from ansible_collections.pgha.cluster.plugins.modules import http_health, ports_free, supervisor_programs, supervisord
+from ansible_collections.pgha.cluster.plugins.modules import (
+    http_health,
+    paths,
+    ports_free,
+    supervisor_programs,
+    supervisord,
+)
 
 STATUS = """etcd1                            RUNNING   pid 1, uptime 0:01:00
 keeper1                          RUNNING   pid 2, uptime 0:01:00
@@ -178,3 +185,37 @@ def test_http_health(run_module, http_port):
                                                     "p2": "http://127.0.0.1:%d/bad" % http_port},
                                            "timeout": 1, "interval": 0.2})
     assert failed and "p2" in res["msg"] and "p1 " not in res["msg"] and res["status"]["p2"] == 503
+
+
+def _me():
+    import grp
+    import pwd
+    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+def test_paths_creates_fixes_and_then_changes_nothing(run_module, tmp_path):
+    user, group = _me()
+    secret = tmp_path / "c" / "secret"
+    args = {"paths": [{"path": str(tmp_path / "c"), "owner": user, "group": group, "mode": "0755"},
+                      {"path": str(tmp_path / "c" / "data"), "owner": user, "group": group, "mode": "0700"},
+                      {"path": str(secret), "state": "file", "owner": user, "group": group, "mode": "0600"}]}
+    res, failed = run_module(paths, args, check_mode=True)
+    assert not failed and res["changed"] and not (tmp_path / "c").exists() and res["missing"] == [str(secret)]
+    res, failed = run_module(paths, args)
+    assert not failed and res["changed_paths"] == [str(tmp_path / "c"), str(tmp_path / "c" / "data")]
+    assert oct((tmp_path / "c" / "data").stat().st_mode & 0o777) == "0o700"
+    secret.write_text("x")
+    secret.chmod(0o644)
+    res, failed = run_module(paths, args, diff=True)
+    assert not failed and res["changed_paths"] == [str(secret)] and oct(secret.stat().st_mode & 0o777) == "0o600"
+    res, failed = run_module(paths, args)
+    assert not failed and not res["changed"]
+
+
+def test_paths_refuses_a_file_where_a_directory_belongs_and_unknown_users(run_module, tmp_path):
+    (tmp_path / "f").write_text("")
+    res, failed = run_module(paths, {"paths": [{"path": str(tmp_path / "f"), "mode": "0755"}]})
+    assert failed and "not a directory" in res["msg"]
+    res, failed = run_module(paths, {"paths": [{"path": str(tmp_path / "d"), "owner": "no-such-user-pgha",
+                                                "mode": "0755"}]})
+    assert failed and "no user no-such-user-pgha" in res["msg"] and not (tmp_path / "d").exists()

@@ -79,6 +79,15 @@ keepers:
       role: replica
       streaming: true
       lag: 0
+cluster:
+  description: The cluster part of the status (phase, primary, transition, message, ...), as in M(pgha.cluster.cluster_info).
+  returned: always
+  type: dict
+sentinels:
+  description: The live sentinels, each with C(uid) and C(leader).
+  returned: always
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -143,7 +152,8 @@ def main():
         fail_from(module, exc, "reading the status of cluster %s" % module.params["cluster_name"])
     primary, replicas, problems = assess(status, module.params["keepers"], module.params["max_lag"])
     result = dict(changed=False, primary=primary, replicas=replicas, problems=problems,
-                  keepers=status.get("keepers") or [])
+                  keepers=status.get("keepers") or [], cluster=status.get("cluster") or {},
+                  sentinels=status.get("sentinels") or [])
     if problems:
         module.fail_json(msg="replication of cluster %s is not healthy: %s"
                          % (module.params["cluster_name"], "; ".join(problems)), **result)

@@ -60,7 +60,11 @@ DEFAULT_PG_PARAMETERS = {
 }
 
 
-REREAD_EVERY = 5  # loops between two reads of unchanged cluster data
+# Loops between two reads of unchanged cluster data. The watch starts right after the revision
+# read, so it cannot miss a change (a compaction is reported as one): this is only a safety net.
+# Every read costs the size of the cluster data, which grows with the cluster; 5 (2.5 s) made each
+# keeper's store traffic grow with the number of keepers (bench/results/scale-20261127T084000Z.json).
+REREAD_EVERY = 60
 
 # A hot standby refuses to start when one of these is lower than on its primary. Replicas run
 # max(spec, the primary's running value); a lowered value reaches them after the primary restarts.
@@ -348,8 +352,8 @@ class Keeper:
 
     def main_loop(self) -> None:
         # The cluster data is re-read when the watch on it reports a change, and at least every
-        # REREAD_EVERY loops in case a watch missed one: reading it every loop made each keeper's
-        # store traffic grow with the size of the cluster.
+        # REREAD_EVERY loops as a safety net: reading it every loop made each keeper's store traffic
+        # grow with the size of the cluster.
         changed, ok, last_read = True, False, 0.0
         while not self.stopping.is_set():
             if changed or not ok or time.monotonic() - last_read >= REREAD_EVERY * self.spec["sleep_interval"]:

@@ -25,7 +25,17 @@ import uuid
 from typing import Any
 
 from pgha import cli, log as pglog
-from pgha.model import PHASE_NORMAL, ClusterData, FormatError, KeeperStatus, Keys, ProxyStatus, SentinelStatus, keys, loads
+from pgha.model import (
+    PHASE_NORMAL,
+    ClusterData,
+    FormatError,
+    KeeperStatus,
+    Keys,
+    ProxyStatus,
+    SentinelStatus,
+    keys,
+    loads,
+)
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.spec import DEFAULTS, SpecError, normalize
 from pgha.store import Store, StoreError, WatchEvent

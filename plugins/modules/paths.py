@@ -134,10 +134,10 @@ def main():
             missing.append(path)
             continue
         if st is not None:
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if entry["state"] == "directory" and not is_dir or entry["state"] == "file" and not stat.S_ISREG(st.st_mode):
-                module.fail_json(msg="%s exists but is not a %s" % (path, "directory" if entry["state"] == "directory"
-                                                                   else "regular file"))
+            want_dir = entry["state"] == "directory"
+            if (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)) is False:
+                kind = "directory" if want_dir else "regular file"
+                module.fail_json(msg="%s exists but is not a %s" % (path, kind))
             if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode):
                 continue
         changed.append(path)

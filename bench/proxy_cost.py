@@ -8,6 +8,10 @@ and client count it runs pgbench against the three paths in turn (interleaved, s
 machine's load hits all three alike) and records TPS and the p99 latency computed from pgbench's
 per-transaction log (``--log``).
 
+Paths: direct, pgha-proxy (uvloop), pgha-proxy-asyncio (the standard loop), pgha-proxy-x2 (two
+pgha-proxy processes sharing their ports with --reuse-port, as HAProxy uses one thread per CPU),
+haproxy.
+
 Usage: bench/proxy_cost.py [--duration 10] [--rounds 1] [--clients 1,8,32] [--scale 10]
            [--workloads select,tpcb] [--paths direct,pgha-proxy,haproxy] [--label before]
 Writes bench/results/proxy-cost-<timestamp>.json.
@@ -126,12 +130,24 @@ def main() -> int:
     paths = args.paths.split(",")
     # path "pgha-proxy-asyncio": a second pgha-proxy forced onto the standard asyncio loop, measured in
     # the same run as the default one (same load), to show what the event loop changes
-    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1,
-                                  proxies=2 if "pgha-proxy-asyncio" in paths else 1)
+    # path "pgha-proxy-x2": two pgha-proxy processes sharing their ports (--reuse-port), the kernel
+    # spreading connections over them, as HAProxy spreads them over its threads (one per CPU)
+    extra = (["asyncio"] if "pgha-proxy-asyncio" in paths else []) + (["x2a", "x2b"] if "pgha-proxy-x2" in paths else [])
+    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1 + len(extra))
+    name = {kind: f"proxy{i + 1}" for i, kind in enumerate(extra)}
     if args.proxy_event_loop:
-        cluster.proxies["proxy0"].argv += ["--event-loop", args.proxy_event_loop]
-    if "pgha-proxy-asyncio" in paths:
-        cluster.proxies["proxy1"].argv += ["--event-loop", "asyncio"]
+        for uid in ["proxy0"] + [name[k] for k in ("x2a", "x2b") if k in name]:
+            cluster.proxies[uid].argv += ["--event-loop", args.proxy_event_loop]
+    if "asyncio" in name:
+        cluster.proxies[name["asyncio"]].argv += ["--event-loop", "asyncio"]
+    if "x2a" in name:
+        a, b = name["x2a"], name["x2b"]
+        argv = cluster.proxies[b].argv
+        argv[argv.index("--port") + 1] = str(cluster.proxy_port[a])
+        argv[argv.index("--ro-port") + 1] = str(cluster.proxy_ro_port[a])
+        cluster.proxy_port[b], cluster.proxy_ro_port[b] = cluster.proxy_port[a], cluster.proxy_ro_port[a]
+        for uid in (a, b):
+            cluster.proxies[uid].argv += ["--reuse-port", "true"]
     haproxy: harness.Agent | None = None
     cells: list[dict[str, Any]] = []
     load_before = load()
@@ -142,8 +158,10 @@ def main() -> int:
         pg_port = cluster.keeper_pg_port[primary]
         haproxy, ha_port = start_haproxy(base, pg_port)
         ports = {"direct": pg_port, "pgha-proxy": cluster.proxy_port["proxy0"], "haproxy": ha_port}
-        if "proxy1" in cluster.proxy_port:
-            ports["pgha-proxy-asyncio"] = cluster.proxy_port["proxy1"]
+        if "asyncio" in name:
+            ports["pgha-proxy-asyncio"] = cluster.proxy_port[name["asyncio"]]
+        if "x2a" in name:
+            ports["pgha-proxy-x2"] = cluster.proxy_port[name["x2a"]]
         init = subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg_port),
                                "-U", "postgres", "postgres"], env={**os.environ, "PGPASSWORD": cluster.su_password},
                               capture_output=True, text=True, timeout=600)
@@ -184,7 +202,7 @@ def main() -> int:
                 for path in by:
                     if path != "direct":
                         row[f"{path}/direct"] = round(by[path]["tps"] / by["direct"]["tps"], 3)
-            for path in ("pgha-proxy", "pgha-proxy-asyncio"):
+            for path in ("pgha-proxy", "pgha-proxy-asyncio", "pgha-proxy-x2"):
                 if path in by and "haproxy" in by:
                     row[f"{path}/haproxy"] = round(by[path]["tps"] / by["haproxy"]["tps"], 3)
             ratios.append(row)

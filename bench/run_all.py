@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from common import RESULTS, load, machine, stamp  # noqa: E402
 
-PROXY_PATHS = ["--paths", "direct,pgha-proxy-asyncio,pgha-proxy,haproxy"]
+PROXY_PATHS = ["--paths", "direct,pgha-proxy-asyncio,pgha-proxy,pgha-proxy-x2,haproxy"]
 BENCHES = {
     "proxy": (["proxy_cost.py", "--rounds", "2", "--duration", "8", *PROXY_PATHS],
               ["proxy_cost.py", "--duration", "3", "--clients", "8", *PROXY_PATHS]),

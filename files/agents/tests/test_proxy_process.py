@@ -31,16 +31,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.needs("etcd")]
 
 
 class ProxyProcess:
-    def __init__(self, workdir: Path, etcd_url: str, event_loop: str = "auto") -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, etcd_url: str, event_loop: str = "auto", *, uid: str = "p1",
+                 port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
         self.api_port = free_port()
-        self.log = workdir / "proxy.log"
+        self.log = workdir / f"proxy-{uid}.log"
         env = dict(os.environ, PGHA_STORE_ENDPOINTS=etcd_url)  # flags may come from the environment too
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pgha.proxy.main", "--cluster-name", "ptest", "--uid", "p1",
+                [sys.executable, "-m", "pgha.proxy.main", "--cluster-name", "ptest", "--uid", uid,
                  "--port", str(self.port), "--api-port", str(self.api_port), "--store-timeout", "1",
-                 "--event-loop", event_loop],
+                 "--event-loop", event_loop, *extra],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def text(self) -> str:
@@ -101,9 +102,9 @@ def put_cd(store: EtcdStore, target: str | None, generation: int, echoes: dict[s
     store.put(KEYS.clusterdata, cd.dumps())
 
 
-def acked(store: EtcdStore, generation: int):
+def acked(store: EtcdStore, generation: int, uid: str = "p1"):
     def check() -> bool:
-        kv = store.get(KEYS.proxy("p1"))
+        kv = store.get(KEYS.proxy(uid))
         return kv is not None and ProxyStatus.loads(kv.value).generation == generation
     return check
 
@@ -169,3 +170,42 @@ def test_health_endpoint_and_sigterm(store, echoes, proxy):
     assert proxy.stop() == 0
     assert store.get(KEYS.proxy("p1")) is None  # lease revoked on SIGTERM
     assert refuses(proxy.port)
+
+
+def _connections_total(p: ProxyProcess) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{p.api_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("pgha_proxy_connections_total"))
+
+
+def test_two_proxies_share_their_port_with_reuse_port(tmp_path, store, etcd, echoes):
+    """--reuse-port: a second proxy on the same port starts, both relay, the kernel spreads clients."""
+    a = ProxyProcess(tmp_path, etcd.endpoints, uid="p1", extra=("--reuse-port", "true"))
+    b = ProxyProcess(tmp_path, etcd.endpoints, uid="p2", port=a.port, extra=("--reuse-port", "true"))
+    try:
+        put_cd(store, "k1", 1, echoes)
+        for uid in ("p1", "p2"):
+            wait_for(acked(store, 1, uid), timeout=10, what=f"ack of generation 1 by {uid}")
+        for i in range(40):
+            with connect(a.port) as s:
+                assert ask(s, b"x%d" % i) == b"k1:x%d" % i
+        counts = [_connections_total(p) for p in (a, b)]
+        assert sum(counts) >= 40 and min(counts) > 0, f"connections per proxy: {counts}"
+    finally:
+        codes = [p.stop() for p in (a, b)]
+        logs = [p.text() for p in (a, b)]
+    assert codes == [0, 0] and not any("Traceback" in log for log in logs), logs
+
+
+def test_second_proxy_on_a_taken_port_without_reuse_port_fails_clearly(tmp_path, store, etcd, echoes):
+    a = ProxyProcess(tmp_path, etcd.endpoints, uid="p1")
+    try:
+        put_cd(store, "k1", 1, echoes)
+        wait_for(acked(store, 1, "p1"), timeout=10, what="ack of generation 1 by p1")
+        b = ProxyProcess(tmp_path, etcd.endpoints, uid="p2", port=a.port)
+        assert b.proc.wait(30) != 0
+        assert "cannot listen on" in b.text(), b.text()
+    finally:
+        a.stop()
+

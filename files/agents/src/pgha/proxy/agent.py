@@ -33,7 +33,8 @@ BACKLOG = 1024
 
 class ProxyAgent:
     def __init__(self, store: Store, keys: Keys, uid: str, *, listen_address: str = "127.0.0.1",
-                 port: int = 25432, ro_port: int = 0, api_address: str | None = None, api_port: int = 0) -> None:
+                 port: int = 25432, ro_port: int = 0, api_address: str | None = None, api_port: int = 0,
+                 reuse_port: bool = False) -> None:
         self.store = store
         self.keys = keys
         self.uid = uid
@@ -42,6 +43,7 @@ class ProxyAgent:
         self.enabled = {RW: True, RO: bool(ro_port)}
         self.api_address = api_address if api_address is not None else listen_address
         self.api_port = api_port
+        self.reuse_port = reuse_port
         self.state = ProxyState(ro_enabled=bool(ro_port))
         self.api: http.ApiServer | None = None
         self.pool: Pool | None = None
@@ -200,7 +202,8 @@ class ProxyAgent:
                 try:
                     sock = socket.create_server((self.listen_address, self.ports[port]),
                                                 family=socket.AF_INET6 if ":" in self.listen_address
-                                                else socket.AF_INET, backlog=BACKLOG)
+                                                else socket.AF_INET, backlog=BACKLOG,
+                                                reuse_port=self.reuse_port)
                     sock.setblocking(False)
                     server = await loop.create_server(lambda p=port: self.pool.factory(p), sock=sock,
                                                       backlog=BACKLOG)

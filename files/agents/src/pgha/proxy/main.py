@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from pgha import log as pgha_log
-from pgha.cli import EnvParser, common_parser, die, store_from_args
+from pgha.cli import EnvParser, common_parser, die, parse_bool, store_from_args
 from pgha.model import keys
 from pgha.proxy.agent import ProxyAgent
 from pgha.spec import valid_uid
@@ -59,6 +59,10 @@ def build_parser() -> EnvParser:
     p.add_flag("--api-listen-address", help="address of the HTTP API (default: --listen-address)")
     p.add_flag("--api-port", type=_port, default=0,
                help="HTTP API port serving /health and /metrics (0: off)")
+    p.add_flag("--reuse-port", type=parse_bool, default=False,
+               help="open the client ports with SO_REUSEPORT, so that several proxies (each with its own --uid "
+                    "and --api-port) share them and the kernel spreads connections over them: one proxy process "
+                    "relays on one core")
     p.add_flag("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                help="event loop that relays the bytes: uvloop (libuv-based, less CPU per relayed message; "
                     "see docs/benchmarks.md), asyncio (the standard library's), or auto (uvloop when installed)")
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     factory, loop_name = loop_factory(args.event_loop)
     agent = ProxyAgent(store, keys(args.store_prefix, args.cluster_name), uid,
                        listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
-                       api_address=args.api_listen_address or args.listen_address, api_port=args.api_port)
+                       api_address=args.api_listen_address or args.listen_address, api_port=args.api_port,
+                       reuse_port=args.reuse_port)
 
     async def run() -> None:
         stop = asyncio.Event()

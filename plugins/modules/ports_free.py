@@ -98,19 +98,20 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.pgha.cluster.plugins.module_utils.local_services import program_states
+
 UP_STATES = ("RUNNING", "STARTING", "BACKOFF")
 
 
 def running_programs(service_manager, stdout, unit_prefix=""):
     """Names of the running programs from `supervisorctl status` or `systemctl list-units` output."""
+    if service_manager != "systemd":
+        return [n for n, state in program_states(stdout).items() if state in UP_STATES]
     out = []
     for line in stdout.splitlines():
         f = line.split()
-        if service_manager == "systemd":
-            if f and f[0].startswith(unit_prefix) and f[0].endswith(".service"):
-                out.append(f[0][len(unit_prefix):-len(".service")])
-        elif len(f) > 1 and f[1] in UP_STATES:
-            out.append(f[0])
+        if f and f[0].startswith(unit_prefix) and f[0].endswith(".service"):
+            out.append(f[0][len(unit_prefix):-len(".service")])
     return out
 
 

@@ -104,25 +104,22 @@ commands:
 """
 
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pgha.cluster.plugins.module_utils.local_services import (
+    compare_file,
+    program_states,
+    write_file,
+)
 
 RUNNING_STATES = ("RUNNING", "STARTING")
 
 
 def parse_status(stdout, names):
-    """Each program's state from `supervisorctl status` output; MISSING for a program it did not list."""
-    states = dict((n, "MISSING") for n in names)
-    for line in stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 2:
-            continue
-        name = fields[0].rstrip(":")
-        if name in states:
-            # "keeper1: ERROR (no such process)" for a program supervisord does not know
-            states[name] = fields[1] if not fields[0].endswith(":") else "MISSING"
-    return states
+    """Each named program's state from `supervisorctl status` output; MISSING for one it did not list."""
+    states = program_states(stdout)
+    return dict((n, states.get(n, "MISSING")) for n in names)
 
 
 def plan(states, rolling, restart):
@@ -170,23 +167,9 @@ def main():
     if not os.path.exists(p["config"]):
         module.fail_json(msg="no supervisord configuration at %s: run the pgha role first" % p["config"])
 
-    content = p["content"]
-    if not content.endswith("\n"):
-        content += "\n"
-    before = ""
-    if os.path.exists(p["path"]):
-        with open(p["path"]) as f:
-            before = f.read()
-    file_changed = before != content
-    diff = dict(before=before, after=content, before_header=p["path"], after_header=p["path"])
-
+    content, file_changed, diff = compare_file(p["path"], p["content"])
     if file_changed and not module.check_mode:
-        d = os.path.dirname(p["path"])
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".pgha-")
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, p["path"])
+        write_file(module, p["path"], content)
 
     commands = []
     if file_changed:

@@ -81,10 +81,11 @@ restart_needed:
 
 import os
 import re
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pgha.cluster.plugins.module_utils.local_services import compare_file, write_file
 
 
 def main():
@@ -103,13 +104,7 @@ def main():
         if not os.access(p[exe], os.X_OK):
             module.fail_json(msg="%s=%s is not an executable: the agents' venv lacks supervisor" % (exe, p[exe]))
 
-    content = p["content"] if p["content"].endswith("\n") else p["content"] + "\n"
-    before = ""
-    if os.path.exists(p["config"]):
-        with open(p["config"]) as f:
-            before = f.read()
-    config_changed = before != content
-    diff = dict(before=before, after=content, before_header=p["config"], after_header=p["config"])
+    content, config_changed, diff = compare_file(p["config"], p["content"])
 
     def running_pid():
         if not os.path.exists(p["config"]):
@@ -124,11 +119,7 @@ def main():
                          restart_needed=bool(pid and config_changed), diff=diff if config_changed else {})
 
     if config_changed:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p["config"]), prefix=".pgha-")
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, p["config"])
+        write_file(module, p["config"], content)
 
     started = False
     if not pid:

@@ -227,17 +227,16 @@ class Ctl:
         state: dict[str, Any] = {}
         while time.monotonic() < deadline:
             st = self.status()
-            cd = self.clusterdata()
-            if cd is not None and uid in cd.keepers and cd.keepers[uid].drained == drained:
-                primary = next((k for k in st["keepers"] if k["uid"] == cd.primary), None)
-                applied = self._applied_sync(cd.primary)
-                synchronous = uid in cd.sync.standbys
-                proxies_follow = all(p["generation"] >= cd.proxy.generation for p in st["proxies"] if p["listening"])
-                state = {"uid": uid, "drained": drained, "synchronous": synchronous,
-                         "read_only_target": uid in cd.proxy.ro_targets, "proxies_follow": proxies_follow}
+            c = st["cluster"]
+            k = next((k for k in st["keepers"] if k["uid"] == uid), None)
+            if k is not None and k["drained"] == drained:
+                proxies_follow = all(p["generation"] >= c["proxy_generation"] for p in st["proxies"] if p["listening"])
+                state = {"uid": uid, "drained": drained, "synchronous": k["synchronous"],
+                         "read_only_target": uid in c["ro_targets"], "proxies_follow": proxies_follow}
                 if not drained:
                     return state
-                sync_settled = (applied is not None and (uid in applied) == synchronous) or primary is None
+                applied = self._applied_sync(c["primary"])
+                sync_settled = c["primary"] is None or (applied is not None and (uid in applied) == k["synchronous"])
                 if sync_settled and proxies_follow:
                     return state
             time.sleep(0.05)

@@ -171,7 +171,7 @@ class Sentinel:
         if snap is None:
             return revision
         decision: Decision = decide(snap, self.memory)
-        cd = decision.cd or snap.cd
+        cd = snap.cd  # steady only when this check changed nothing
         self.steady = (decision.cd is None and cd is not None and cd.phase == PHASE_NORMAL and cd.transition is None
                        and cd.primary is not None and not snap.commands and not self.memory.unhealthy_since)
         if decision.cd is not None:

@@ -8,6 +8,14 @@ and client count it runs pgbench against the three paths in turn (interleaved, s
 machine's load hits all three alike) and records TPS and the p99 latency computed from pgbench's
 per-transaction log (``--log``).
 
+Each round starts the paths at a different place in the list (rotation), so that no path always runs
+first after a quiet spell or last after the others warmed the caches; an untimed warm-up run goes
+first. Two figures are kept for the target cell: the ratio of the median TPS of each path, and the
+median of the per-round ratios (pgha-proxy and HAProxy measured in the same round, a minute apart).
+For every proxy path the CPU time its processes used (utime + stime from /proc) is divided by the
+transactions relayed: CPU microseconds per transaction, a figure that does not depend on how the
+2 cores were shared at that moment.
+
 Paths: direct, pgha-proxy (uvloop), pgha-proxy-asyncio (the standard loop), pgha-proxy-x2 (two
 pgha-proxy processes sharing their ports with --reuse-port, as HAProxy uses one thread per CPU),
 haproxy.
@@ -67,6 +75,21 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[i]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of processes ``pids`` (seconds), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rotated(paths: list[str], n: int) -> list[str]:
+    """``paths`` starting at position ``n`` (modulo their number)."""
+    k = n % len(paths)
+    return paths[k:] + paths[:k]
 
 
 def pgbench(port: int, password: str, workload: str, clients: int, duration: int, log_dir: Path) -> dict[str, Any]:
@@ -162,6 +185,11 @@ def main() -> int:
             ports["pgha-proxy-asyncio"] = cluster.proxy_port[name["asyncio"]]
         if "x2a" in name:
             ports["pgha-proxy-x2"] = cluster.proxy_port[name["x2a"]]
+        pids = {"pgha-proxy": [cluster.proxies["proxy0"].proc.pid], "haproxy": [haproxy.proc.pid]}
+        if "asyncio" in name:
+            pids["pgha-proxy-asyncio"] = [cluster.proxies[name["asyncio"]].proc.pid]
+        if "x2a" in name:
+            pids["pgha-proxy-x2"] = [cluster.proxies[name[k]].proc.pid for k in ("x2a", "x2b")]
         init = subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg_port),
                                "-U", "postgres", "postgres"], env={**os.environ, "PGPASSWORD": cluster.su_password},
                               capture_output=True, text=True, timeout=600)
@@ -169,21 +197,36 @@ def main() -> int:
             raise RuntimeError(f"pgbench -i failed:\n{init.stderr}")
         log_dir = base / "pgbench"
         log_dir.mkdir()
+        pgbench(pg_port, cluster.su_password, "select", 2, min(3, args.duration), log_dir)  # warm-up, not kept
         for workload in args.workloads.split(","):
             for clients in [int(c) for c in args.clients.split(",")]:
                 runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
-                for _ in range(args.rounds):
-                    for path in paths:
+                for rnd in range(args.rounds):
+                    for path in rotated(paths, rnd):
+                        before = cpu_seconds(pids[path]) if path in pids else None
                         r = pgbench(ports[path], cluster.su_password, workload, clients, args.duration, log_dir)
+                        if before is not None and r["transactions"]:
+                            used = cpu_seconds(pids[path]) - before
+                            r["proxy_cpu_us_per_tx"] = round(1e6 * used / r["transactions"], 1)
+                        r["round"] = rnd
                         r["loadavg_1"] = load()["loadavg_1_5_15"][:1]
                         runs[path].append(r)
-                        print(f"{workload:6} c={clients:<3} {path:18} tps {r['tps']:9.1f}  p50 {r['p50_ms']:7.3f} ms"
-                              f"  p99 {r['p99_ms']:7.3f} ms", flush=True)
+                        cpu = f"  proxy CPU {r['proxy_cpu_us_per_tx']:5.1f} us/tx" if "proxy_cpu_us_per_tx" in r else ""
+                        print(f"{workload:6} c={clients:<3} r{rnd} {path:18} tps {r['tps']:9.1f}  p50 {r['p50_ms']:7.3f} ms"
+                              f"  p99 {r['p99_ms']:7.3f} ms{cpu}", flush=True)
                 for path in paths:
                     rs = sorted(runs[path], key=lambda r: r["tps"])
                     best = rs[len(rs) // 2]
-                    cells.append({"workload": workload, "clients": clients, "path": path, **best,
-                                  "all_tps": [r["tps"] for r in runs[path]]})
+                    cell = {"workload": workload, "clients": clients, "path": path, **best,
+                            "all_tps": [r["tps"] for r in runs[path]]}
+                    if path in pids:
+                        cell["proxy_cpu_us_per_tx"] = statistics.median(r["proxy_cpu_us_per_tx"] for r in runs[path]
+                                                                        if "proxy_cpu_us_per_tx" in r)
+                        cell["all_proxy_cpu_us_per_tx"] = [r.get("proxy_cpu_us_per_tx") for r in runs[path]]
+                    if path != "haproxy" and "haproxy" in runs:
+                        paired = [a["tps"] / b["tps"] for a, b in zip(runs[path], runs["haproxy"])]
+                        cell["paired_over_haproxy"] = [round(x, 3) for x in paired]
+                    cells.append(cell)
         cluster.check_logs()
     finally:
         if haproxy is not None:
@@ -205,18 +248,28 @@ def main() -> int:
             for path in ("pgha-proxy", "pgha-proxy-asyncio", "pgha-proxy-x2"):
                 if path in by and "haproxy" in by:
                     row[f"{path}/haproxy"] = round(by[path]["tps"] / by["haproxy"]["tps"], 3)
+                    row[f"{path}/haproxy_paired_median"] = round(statistics.median(by[path]["paired_over_haproxy"]), 3)
+            for path, c in by.items():
+                if "proxy_cpu_us_per_tx" in c:
+                    row[f"{path}_cpu_us_per_tx"] = c["proxy_cpu_us_per_tx"]
             ratios.append(row)
     print()
     for row in ratios:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
-    target = next((r.get("pgha-proxy/haproxy") for r in ratios if r["workload"] == "select" and r["clients"] == 8),
-                  None)
+    cell = next((r for r in ratios if r["workload"] == "select" and r["clients"] == 8), {})
+    target = cell.get("pgha-proxy/haproxy")
+    target_paired = cell.get("pgha-proxy/haproxy_paired_median")
     haproxy_version = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
     write_result("proxy-cost", {
         "label": args.label, "proxy_event_loop": args.proxy_event_loop or "proxy default", "duration_s": args.duration, "rounds": args.rounds, "scale": args.scale,
         "pgbench_threads": "min(clients, 2)", "haproxy": haproxy_version, "haproxy_config": HAPROXY_CFG,
         "load_before": load_before, "load_after": load(),
-        "target_select_8_pgha_over_haproxy": target, "target_met": target is not None and target >= 0.9,
+        "path_order": "rotated by one place each round, after an untimed warm-up run",
+        "target_select_8_pgha_over_haproxy": target,
+        "target_select_8_paired_median": target_paired,
+        "target_select_8_cpu_us_per_tx": {k[:-len("_cpu_us_per_tx")]: v for k, v in cell.items()
+                                           if k.endswith("_cpu_us_per_tx")},
+        "target_met": target is not None and target >= 0.9,
         "ratios": ratios, "cells": cells,
         "median_tps_by_path": {path: statistics.median([c["tps"] for c in cells if c["path"] == path])
                                for path in {c["path"] for c in cells}},

@@ -47,6 +47,13 @@ options:
         description: The program that will listen on it.
         type: str
         required: true
+      shared_with:
+        description:
+          - Other programs that listen on the same port (pgha-proxy workers with C(--reuse-port)); the
+            port is not probed when any of them runs.
+        type: list
+        elements: str
+        default: []
   service_manager:
     description: How the cluster's programs run.
     type: str
@@ -76,6 +83,7 @@ EXAMPLES = r"""
     ports:
       - {var: keeper_pg_port, address: 127.0.0.1, port: 5433, program: keeper1}
       - {var: keeper_api_port, address: 127.0.0.1, port: 8433, program: keeper1}
+      - {var: proxy_port, address: 127.0.0.1, port: 25432, program: proxy1, shared_with: [proxy1_w2]}
 """
 
 RETURN = r"""
@@ -115,11 +123,16 @@ def running_programs(service_manager, stdout, unit_prefix=""):
     return out
 
 
+def owned(port, running):
+    """Whether a program that listens on ``port`` runs (then the port is its own)."""
+    return any(name in running for name in [port["program"]] + list(port.get("shared_with") or []))
+
+
 def conflicts(ports, running, is_taken):
     """The ports (as messages) taken by something other than their program: pure, for the unit tests."""
     msgs = []
     for p in ports:
-        if p["program"] in running:
+        if owned(p, running):
             continue
         if is_taken(p["address"], p["port"]):
             msgs.append("%s=%d (%s, for %s)" % (p["var"], p["port"], p["address"], p["program"]))
@@ -134,6 +147,7 @@ def main():
                 address=dict(type="str", required=True),
                 port=dict(type="int", required=True),
                 program=dict(type="str", required=True),
+                shared_with=dict(type="list", elements="str", default=[]),
             )),
             service_manager=dict(type="str", choices=["supervisord", "systemd"], default="supervisord"),
             supervisorctl=dict(type="path"),
@@ -162,7 +176,7 @@ def main():
         except OSError:
             return False
 
-    probed = [q["port"] for q in p["ports"] if q["program"] not in running]
+    probed = [q["port"] for q in p["ports"] if not owned(q, running)]
     taken = conflicts(p["ports"], running, is_taken)
     if taken:
         module.fail_json(msg="Port already in use by another process: %s. Stop that process or choose other ports."

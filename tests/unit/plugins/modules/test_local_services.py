@@ -159,6 +159,14 @@ def test_ports_free_skips_the_running_owner():
     assert ports_free.conflicts(ports, ["keeper1"], lambda a, p: True) == ["w=2 (a, for keeper2)"]
 
 
+def test_ports_free_a_shared_port_belongs_to_any_of_its_programs():
+    # proxy workers share their client ports (--reuse-port): worker 2 running is worker 1's port taken by its own
+    ports = [{"var": "proxy_port", "address": "a", "port": 5, "program": "proxy1", "shared_with": ["proxy1_w2"]}]
+    assert ports_free.conflicts(ports, ["proxy1_w2"], lambda a, p: True) == []
+    assert ports_free.conflicts(ports, ["keeper1"], lambda a, p: True) == ["proxy_port=5 (a, for proxy1)"]
+    assert ports_free.conflicts(ports, [], lambda a, p: False) == []
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.send_response(200 if self.path == "/health" else 503)

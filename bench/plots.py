@@ -66,11 +66,13 @@ def proxy(items: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
     series: list[tuple[str, list[float]]] = []
     for name, doc in items:
         rows = {(r["workload"], r["clients"]): r for r in doc["ratios"]}
-        for path in ("pgha-proxy-asyncio", "pgha-proxy"):
+        for path in ("pgha-proxy-asyncio", "pgha-proxy", "pgha-proxy-x2"):
             key = f"{path}/haproxy"
             if not any(key in r for r in rows.values()):
                 continue
-            label = f"{path} — {doc.get('label') or name} [{name}]"
+            what = {"pgha-proxy-asyncio": "1 worker, asyncio loop", "pgha-proxy": "1 worker",
+                    "pgha-proxy-x2": "2 workers, the role's default"}[path]
+            label = f"{path} ({what}) — {doc.get('label') or name} [{name}]"
             series.append((label, [rows.get(c, {}).get(key, float("nan")) for c in cells]))
     fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.8 / max(1, len(series))

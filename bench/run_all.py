@@ -27,7 +27,7 @@ PROXY_PATHS = ["--paths", "direct,pgha-proxy-asyncio,pgha-proxy,pgha-proxy-x2,ha
 BENCHES = {
     "proxy": (["proxy_cost.py", "--rounds", "2", "--duration", "8", *PROXY_PATHS],
               ["proxy_cost.py", "--duration", "3", "--clients", "8", *PROXY_PATHS]),
-    "proxy-target": (["proxy_cost.py", "--rounds", "3", "--clients", "8", "--workloads", "select", *PROXY_PATHS,
+    "proxy-target": (["proxy_cost.py", "--rounds", "5", "--clients", "8", "--workloads", "select", *PROXY_PATHS,
                       "--label", "target cell: select-only, 8 clients"],
                      ["proxy_cost.py", "--duration", "3", "--clients", "8", "--workloads", "select", *PROXY_PATHS]),
     "failover": (["failover.py", "--systems", "pgha-async,pgha-sync,patroni-default,patroni-fast", "--rounds", "5"],

@@ -160,6 +160,19 @@ def summarize_drills(results: list[dict[str, Any]], key: Callable[[dict[str, Any
     return out
 
 
+def share_proxy_ports(cluster: "harness.PghaCluster", uids: list[str]) -> None:
+    """Make the proxies ``uids`` of a not yet started cluster workers of one proxy, as the proxy role
+    deploys them (proxy_workers): all listen on the first one's ports with --reuse-port, each keeps
+    its uid and API port."""
+    first = uids[0]
+    for uid in uids:
+        argv = cluster.proxies[uid].argv
+        argv[argv.index("--port") + 1] = str(cluster.proxy_port[first])
+        argv[argv.index("--ro-port") + 1] = str(cluster.proxy_ro_port[first])
+        cluster.proxy_port[uid], cluster.proxy_ro_port[uid] = cluster.proxy_port[first], cluster.proxy_ro_port[first]
+        argv += ["--reuse-port", "true"]
+
+
 def load() -> dict[str, Any]:
     """Load averages and uptime text now (the machine is shared: figures are read with this)."""
     try:

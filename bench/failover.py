@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Failover and switchover drills against a real local cluster, measured from a client's view.
 
-For each mode (asynchronous, synchronous) it starts 3 keepers, 2 sentinels and 1 proxy on loopback
+For each mode (asynchronous, synchronous) it starts 3 keepers, 2 sentinels and 1 proxy (as the proxy
+role deploys it: ``--proxy-workers`` 2 processes sharing its ports) on loopback
 (real etcd, real PostgreSQL), runs a client that writes one row every 20 ms through the proxy and
 records each acknowledgement, then:
 
@@ -37,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import Probe, exit_on_sigterm, harness, load, summarize_drills, tmp_dir, write_result  # noqa: E402
+from common import Probe, exit_on_sigterm, harness, load, share_proxy_ports, summarize_drills, tmp_dir, write_result  # noqa: E402
 
 
 def healthy(st: dict[str, Any]) -> bool:
@@ -112,7 +113,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(sorted(summarize_drills(results, lambda r: f"{r['system']}/{r['drill']}").items()))
 
 
-def run_system(system: str, drills: list[str], rounds: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+def run_system(system: str, drills: list[str], rounds: int, results: list[dict[str, Any]],
+               proxy_workers: int = 2) -> dict[str, Any]:
     """All drills of one system on a fresh cluster; appends to ``results``; returns facts about the system."""
     base = tmp_dir("pgha-bench-failover-")
     facts: dict[str, Any] = {"load_before": load()}
@@ -127,8 +129,12 @@ def run_system(system: str, drills: list[str], rounds: int, results: list[dict[s
             run_drill = patroni_drill
         else:
             mode = system.split("-", 1)[1]
-            cluster = harness.PghaCluster(base / "c", spec={"synchronous_replication": mode == "sync"})
-            facts.update(spec={"synchronous_replication": mode == "sync"}, note="other spec keys at their defaults")
+            cluster = harness.PghaCluster(base / "c", spec={"synchronous_replication": mode == "sync"},
+                                          proxies=proxy_workers)
+            if proxy_workers > 1:
+                share_proxy_ports(cluster, [f"proxy{i}" for i in range(proxy_workers)])
+            facts.update(spec={"synchronous_replication": mode == "sync"}, note="other spec keys at their defaults",
+                         proxy_workers=proxy_workers)
             run_drill = drill
         try:
             cluster.start()
@@ -163,6 +169,9 @@ def main() -> int:
     p.add_argument("--systems", default="",
                    help="comma list of pgha-async, pgha-sync, patroni-default, patroni-fast (overrides --modes)")
     p.add_argument("--drills", default="crash,switchover")
+    p.add_argument("--proxy-workers", type=int, default=2,
+                   help="pgha-proxy processes sharing the proxy's ports (--reuse-port), as the proxy role's "
+                        "proxy_workers (default 2); the probe connects to their shared port")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
     missing = harness.missing_requirements(("etcd", "postgres", "user", "agents"))
@@ -181,7 +190,7 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     facts: dict[str, Any] = {}
     for system in systems:
-        facts[system] = run_system(system, args.drills.split(","), args.rounds, results)
+        facts[system] = run_system(system, args.drills.split(","), args.rounds, results, args.proxy_workers)
     summary = summarize(results)
     print()
     print(f"{'system/drill':28} {'n':>3} {'median s':>9} {'worst s':>8} {'best s':>7} {'lost':>5}")

@@ -43,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import exit_on_sigterm, harness, load, tmp_dir, write_result  # noqa: E402
+from common import exit_on_sigterm, harness, load, share_proxy_ports, tmp_dir, write_result  # noqa: E402
 
 PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -192,13 +192,7 @@ def main() -> int:
     if "asyncio" in name:
         cluster.proxies[name["asyncio"]].argv += ["--event-loop", "asyncio"]
     if "x2a" in name:
-        a, b = name["x2a"], name["x2b"]
-        argv = cluster.proxies[b].argv
-        argv[argv.index("--port") + 1] = str(cluster.proxy_port[a])
-        argv[argv.index("--ro-port") + 1] = str(cluster.proxy_ro_port[a])
-        cluster.proxy_port[b], cluster.proxy_ro_port[b] = cluster.proxy_port[a], cluster.proxy_ro_port[a]
-        for uid in (a, b):
-            cluster.proxies[uid].argv += ["--reuse-port", "true"]
+        share_proxy_ports(cluster, [name["x2a"], name["x2b"]])
     haproxy: harness.Agent | None = None
     cells: list[dict[str, Any]] = []
     syscalls: dict[str, dict[str, float]] = {}

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import exit_on_sigterm, harness, load, tmp_dir, write_result  # noqa: E402
+from common import harness, load, prepare, tmp_dir, write_result  # noqa: E402
 from failover import healthy  # noqa: E402
 
 
@@ -116,11 +116,8 @@ def main() -> int:
     p.add_argument("--systems", default="pgha-engine,pgha-site,patroni")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
-    missing = harness.missing_requirements(("etcd", "postgres", "user", "agents"))
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
+    if not prepare():
         return 2
-    exit_on_sigterm()
     fns = {"pgha-engine": pgha_engine, "pgha-site": pgha_site, "patroni": patroni_bringup}
     runs: dict[str, list[dict[str, Any]]] = {}
     for i in range(args.rounds):

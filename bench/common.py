@@ -210,6 +210,18 @@ def tmp_dir(prefix: str) -> Path:
     return base
 
 
+def prepare(*also_missing: str) -> bool:
+    """Whether a benchmark can run: etcd, PostgreSQL, the agents' user and venv are there, and none of
+    ``also_missing`` (reasons found by the caller) is set. Prints why not; when it can run, a SIGTERM
+    from then on unwinds through the benchmark's ``finally`` blocks (see exit_on_sigterm)."""
+    missing = [m for m in (harness.missing_requirements(("etcd", "postgres", "user", "agents")), *also_missing) if m]
+    if missing:
+        print(f"cannot run: {'; '.join(missing)}", file=sys.stderr)
+        return False
+    exit_on_sigterm()
+    return True
+
+
 def exit_on_sigterm() -> None:
     """A SIGTERM unwinds through ``finally`` blocks (which stop every process a benchmark started)."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))

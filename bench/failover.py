@@ -38,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import Probe, exit_on_sigterm, harness, load, share_proxy_ports, summarize_drills, tmp_dir, write_result  # noqa: E402
+from common import Probe, harness, load, prepare, share_proxy_ports, summarize_drills, tmp_dir, write_result  # noqa: E402
 
 
 def healthy(st: dict[str, Any]) -> bool:
@@ -174,11 +174,8 @@ def main() -> int:
                         "proxy_workers (default 2); the probe connects to their shared port")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
-    missing = harness.missing_requirements(("etcd", "postgres", "user", "agents"))
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
+    if not prepare():
         return 2
-    exit_on_sigterm()  # unwinds through the finally blocks below, so every agent and etcd is stopped
     systems = args.systems.split(",") if args.systems else [f"pgha-{m}" for m in args.modes.split(",")]
     if any(s.startswith("patroni") for s in systems):
         import patroni

@@ -72,7 +72,7 @@ def proxy(items: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
                 continue
             what = {"pgha-proxy-asyncio": "1 worker, asyncio loop", "pgha-proxy": "1 worker",
                     "pgha-proxy-x2": "2 workers, the role's default"}[path]
-            label = f"{path} ({what}) — {doc.get('label') or name} [{name}]"
+            label = f"{path} ({what}) — {doc['label']} [{name}]" if doc.get("label") else f"{path} ({what}) [{name}]"
             series.append((label, [rows.get(c, {}).get(key, float("nan")) for c in cells]))
     fig, ax = plt.subplots(figsize=(12, 5))
     width = 0.8 / max(1, len(series))

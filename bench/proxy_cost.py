@@ -43,7 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import exit_on_sigterm, harness, load, share_proxy_ports, tmp_dir, write_result  # noqa: E402
+from common import harness, load, prepare, share_proxy_ports, tmp_dir, write_result  # noqa: E402
 
 PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -169,14 +169,8 @@ def main() -> int:
     p.add_argument("--label", default="", help="free text stored in the result (e.g. 'before', 'after')")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
-    missing = harness.missing_requirements(("etcd", "postgres", "user", "agents"))
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
+    if not prepare("" if os.access(HAPROXY, os.X_OK) else "haproxy not installed (apt-get install haproxy)"):
         return 2
-    if not os.access(HAPROXY, os.X_OK):
-        print("cannot run: haproxy not installed (apt-get install haproxy)", file=sys.stderr)
-        return 2
-    exit_on_sigterm()
     base = tmp_dir("pgha-bench-proxy-")
     paths = args.paths.split(",")
     # path "pgha-proxy-asyncio": a second pgha-proxy forced onto the standard asyncio loop, measured in

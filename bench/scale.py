@@ -38,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import exit_on_sigterm, harness, load, tmp_dir, write_result  # noqa: E402
+from common import harness, load, prepare, tmp_dir, write_result  # noqa: E402
 
 from pgha.keeper.main import REREAD_EVERY  # noqa: E402
 from pgha.model import KeeperStatus, keys  # noqa: E402
@@ -203,11 +203,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=200, help="decide() calls timed at each size")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
-    missing = harness.missing_requirements(("etcd", "postgres", "user", "agents"))
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
+    if not prepare():
         return 2
-    exit_on_sigterm()
     sizes = [int(x) for x in args.keepers.split(",")]
     base = tmp_dir("pgha-bench-scale-")
     cluster = harness.PghaCluster(base / "c", keepers=3, sentinels=1, proxies=1)

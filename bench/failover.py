@@ -174,6 +174,8 @@ def main() -> int:
                         "proxy_workers (default 2); the probe connects to their shared port")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
+    if args.proxy_workers < 1:
+        p.error(f"--proxy-workers must be at least 1, got {args.proxy_workers}")
     if not prepare():
         return 2
     systems = args.systems.split(",") if args.systems else [f"pgha-{m}" for m in args.modes.split(",")]

@@ -62,6 +62,18 @@ options:
     type: list
     elements: str
     default: []
+  membership_at_once:
+    description:
+      - In rolling mode, when the file adds or removes programs, apply the whole file at once with
+        C(supervisorctl update). Removed programs stop, changed ones restart and new ones start, in
+        that order. For programs that share ports (pgha-proxy workers with C(--reuse-port)), where a
+        new worker cannot bind beside a running old definition and an old one must stop before the
+        last one can bind without it.
+      - Without it, rolling mode starts new programs at once and leaves removed ones running, for
+        the upgrade playbook to deal with.
+      - When the file keeps the same programs, rolling mode still only re-reads it.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -85,6 +97,10 @@ started:
   type: list
   elements: str
   sample: [keeper2]
+membership_changed:
+  description: Whether the file adds or removes programs (compared with the file it replaces).
+  returned: always
+  type: bool
 restarted:
   description: Programs restarted because of O(restart).
   returned: always
@@ -122,6 +138,25 @@ def parse_status(stdout, names):
     return dict((n, states.get(n, "MISSING")) for n in names)
 
 
+def program_names(content):
+    """Names of the [program:NAME] sections of a programs file, in order."""
+    out = []
+    for line in content.splitlines():
+        line = line.strip()
+        if line.startswith("[program:") and line.endswith("]"):
+            out.append(line[len("[program:"):-1])
+    return out
+
+
+def apply_command(file_changed, rolling, membership_changed, membership_at_once):
+    """The supervisorctl subcommand that applies a programs file (None when it did not change)."""
+    if not file_changed:
+        return None
+    if rolling and not (membership_changed and membership_at_once):
+        return "reread"
+    return "update"
+
+
 def plan(states, rolling, restart):
     """The supervisorctl subcommands that bring the programs to run: pure, for the unit tests.
 
@@ -151,6 +186,7 @@ def main():
             programs=dict(type="list", elements="str", required=True),
             rolling=dict(type="bool", default=False),
             restart=dict(type="list", elements="str", default=[]),
+            membership_at_once=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -171,9 +207,11 @@ def main():
     if file_changed and not module.check_mode:
         write_file(module, p["path"], content)
 
+    membership_changed = file_changed and set(program_names(diff["before"])) != set(program_names(content))
+    sub = apply_command(file_changed, p["rolling"], membership_changed, p["membership_at_once"])
+    rolling = p["rolling"] and sub != "update"
     commands = []
-    if file_changed:
-        sub = "reread" if p["rolling"] else "update"
+    if sub:
         commands.append(sub)
         if not module.check_mode:
             run([sub])
@@ -181,11 +219,11 @@ def main():
     # rc 3: some program is not running; supervisorctl 4 also exits non-zero for an unknown name
     status_out = run(["status"] + p["programs"], ok=(0, 3, 4))
     states = parse_status(status_out, p["programs"])
-    if module.check_mode and file_changed and not p["rolling"]:
+    if module.check_mode and sub == "update":
         # update would add the new programs and start them (autostart)
         states = dict((n, "RUNNING" if s == "MISSING" else s) for n, s in states.items())
     started, restarted = [], []
-    for cmd in plan(states, p["rolling"], p["restart"] if not file_changed else []):
+    for cmd in plan(states, rolling, p["restart"] if not file_changed else []):
         commands.append(" ".join(cmd))
         if cmd[0] in ("start", "add"):
             started += cmd[1:]
@@ -194,7 +232,8 @@ def main():
         if not module.check_mode:
             run(cmd)
 
-    module.exit_json(changed=bool(commands), file_changed=file_changed, started=started, restarted=restarted,
+    module.exit_json(changed=bool(commands), file_changed=file_changed, membership_changed=membership_changed,
+                     started=started, restarted=restarted,
                      states=states, commands=commands, diff=diff if file_changed else dict(before="", after=""))
 
 

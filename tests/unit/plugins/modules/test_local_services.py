@@ -101,6 +101,32 @@ def test_programs_rolling_rereads_and_restarts_nothing(run_module, fake_ctl):
     assert _calls(fake_ctl) == ["reread", "status a b"]
 
 
+@pytest.mark.parametrize("before,membership_at_once,want", [
+    # same programs, new definitions: rolling mode re-reads only
+    ("[program:a]\ncommand=old\n[program:b]\n", True, "reread"),
+    # a program added (a proxy's second worker): applied at once only when asked
+    ("[program:a]\n", True, "update"),
+    ("[program:a]\n", False, "reread"),
+    # a program removed
+    ("[program:a]\n[program:b]\n[program:c]\n", True, "update"),
+])
+def test_programs_rolling_membership_change(run_module, fake_ctl, before, membership_at_once, want):
+    (fake_ctl / "comp.conf").write_text(before)
+    (fake_ctl / "status").write_text("a RUNNING pid 1\nb RUNNING pid 2\n")
+    res, failed = run_module(supervisor_programs, _args(fake_ctl, rolling=True, membership_at_once=membership_at_once))
+    assert not failed and res["changed"]
+    assert res["membership_changed"] == (want == "update" or not membership_at_once)
+    assert _calls(fake_ctl) == [want, "status a b"]
+
+
+def test_program_names_and_apply_command():
+    assert supervisor_programs.program_names("; x\n[program:a]\nk=v\n [program:b_w2]\n[group:g]\n") == ["a", "b_w2"]
+    assert supervisor_programs.apply_command(False, True, True, True) is None
+    assert supervisor_programs.apply_command(True, False, False, False) == "update"
+    assert supervisor_programs.apply_command(True, True, False, True) == "reread"
+    assert supervisor_programs.apply_command(True, True, True, True) == "update"
+
+
 def test_programs_restart_after_upgrade(run_module, fake_ctl):
     (fake_ctl / "comp.conf").write_text("[program:a]\n[program:b]\n")
     (fake_ctl / "status").write_text("a RUNNING pid 1\nb RUNNING pid 2\n")

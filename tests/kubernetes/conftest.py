@@ -73,3 +73,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def applied(site: dict[str, Any]) -> list[dict[str, Any]]:
     assert site["apply"]["rc"] == 0, f"site.yml failed, see {site['apply']['log']}"
     return list(site["apply"]["objects"].values())
+
+
+CLIENT_PEERS = [{"namespaceSelector": {"matchLabels": {"team": "app"}}}]
+
+
+@pytest.fixture(scope="session")
+def applied_with_client_peers(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The objects of one apply with pgha_k8s_client_peers set (NetworkPolicies restrict the clients)."""
+    import json
+
+    with FakeApi() as api:
+        kubeconfig = api.write_kubeconfig(str(tmp_path_factory.mktemp("kube-peers") / "config"), NAMESPACE)
+        run = run_site(kubeconfig, [json.dumps({"pgha_k8s_client_peers": CLIENT_PEERS})], "4-client-peers")
+        assert run["rc"] == 0, f"site.yml failed, see {run['log']}"
+        return list(api.objects().values())

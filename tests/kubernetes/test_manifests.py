@@ -100,6 +100,31 @@ def test_only_agents_reach_etcd_and_only_keepers_proxies_and_the_operator_reach_
     assert sentinel["spec"]["ingress"] == []
 
 
+def test_client_peers_restrict_the_proxy_but_not_for_the_clusters_own_pods(
+        applied_with_client_peers: list[dict[str, Any]]) -> None:
+    from conftest import CLIENT_PEERS
+
+    objs = applied_with_client_peers
+    proxy = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "main-proxy")
+    [rule] = proxy["spec"]["ingress"]
+    client, operator, own = rule["from"]
+    assert [client] == CLIENT_PEERS
+    assert operator == {"podSelector": {"matchLabels": {"pgha.io/operator": "true"}}}
+    # site.yml's in-pod proxy check runs in a keeper pod, the drill's workload in a sentinel pod
+    templates = pod_templates(objs)
+    for pod in ("main-keeper", "main-sentinel"):
+        labels = templates[pod]["metadata"]["labels"]
+        assert matches(own["podSelector"]["matchLabels"], labels)
+        [expr] = own["podSelector"]["matchExpressions"]
+        assert expr["operator"] == "In" and labels[expr["key"]] in expr["values"]
+    assert "proxy" not in own["podSelector"]["matchExpressions"][0]["values"]
+    keeper = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "main-keeper")
+    pg_rule = next(r for r in keeper["spec"]["ingress"] if r["ports"] == [{"port": "pg", "protocol": "TCP"}])
+    assert CLIENT_PEERS[0] in pg_rule["from"]  # the replicas behind <cluster>-ro
+    for version in VERSIONS:
+        kubernetes_validate.validate(copy.deepcopy(proxy), version, strict=True)
+
+
 def test_pods_fit_the_restricted_security_profile(applied: list[dict[str, Any]]) -> None:
     """OpenShift restricted-v2 / Pod Security "restricted": non-root, no escalation, no capabilities,
     RuntimeDefault seccomp, no host namespaces or host paths; any UID works (no runAsUser)."""

@@ -97,3 +97,11 @@ def test_replica_counts(applied: list[dict[str, Any]]) -> None:
     assert by(applied, "StatefulSet", "main-etcd")["spec"]["replicas"] == 3
     assert by(applied, "Deployment", "main-sentinel")["spec"]["replicas"] == 2
     assert by(applied, "Deployment", "main-proxy")["spec"]["replicas"] == 2
+
+
+def test_the_proxy_pod_listens_everywhere_and_advertises_its_pod_ip(applied: list[dict[str, Any]]) -> None:
+    [c] = by(applied, "Deployment", "main-proxy")["spec"]["template"]["spec"]["containers"]
+    args = dict(zip(c["args"][::2], c["args"][1::2]))
+    assert args["--listen-address"] == "0.0.0.0"
+    assert args["--advertise-address"] == "$(POD_IP)"
+    assert "--reuse-port" not in args  # one relay per pod: proxy_k8s_replicas scales

@@ -10,12 +10,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
 from pgha.model import ClusterData, KeeperSpec, ProxySpec, ProxyStatus, keys
-from pgha.proxy.agent import ProxyAgent
+from pgha.proxy.agent import ProxyAgent, advertised_host
 from pgha.proxy.relay import RO, RW
 from pgha.spec import normalize
 from pgha.store.memory import MemoryStore
@@ -84,11 +84,12 @@ def loop_factory(name: str):
 
 
 class Running:
-    def __init__(self, store: MemoryStore, ro: bool = True, api: bool = False, loop: str = "asyncio") -> None:
+    def __init__(self, store: MemoryStore, ro: bool = True, api: bool = False, loop: str = "asyncio",
+                 **kw: Any) -> None:
         self.loop_factory = loop_factory(loop)
         self.api_port = free_port() if api else 0
         self.agent = ProxyAgent(store, KEYS, "p1", port=0, ro_port=(free_port() if ro else 0),
-                                api_port=self.api_port)
+                                api_port=self.api_port, **kw)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
         self.error: BaseException | None = None
@@ -396,6 +397,34 @@ def test_shutdown_revokes_the_lease(store, echoes):
     assert status(store) is None
     assert closed_by_peer(c)
     assert refuses(running.port)
+
+
+@pytest.mark.parametrize("listen,endpoints,want", [
+    ("10.0.0.5", ["http://10.9.9.9:2379"], "10.0.0.5"),  # a specific address is advertised as is
+    ("0.0.0.0", ["http://127.0.0.1:2379", "http://10.9.9.9:2379"], "127.0.0.1"),  # the route to the store
+    ("::", ["http://[::1]:2379"], "::1"),
+    ("", ["https://127.0.0.1:2379"], "127.0.0.1"),
+])
+def test_advertised_host(listen, endpoints, want):
+    assert advertised_host(listen, endpoints) == want
+
+
+def test_advertised_host_without_a_usable_store_endpoint_is_the_host_name():
+    assert advertised_host("0.0.0.0", ["memory://"]) == socket.gethostname()
+
+
+def test_wildcard_listener_reports_its_advertise_address(store, echoes):
+    proxy = Running(store, ro=True, listen_address="0.0.0.0", advertise_address="db1.example.net")
+    try:
+        put_cd(store, "k1", 1, echoes)
+        wait_for(acked(store, 1), what="ack of generation 1")
+        st = status(store)
+        assert st.address == f"db1.example.net:{proxy.port}"
+        assert st.ro_address == f"db1.example.net:{proxy.ro_port}"
+        with connect(proxy.port) as c:  # listening on every address, loopback included
+            assert ask(c, b"hi") == b"k1:hi"
+    finally:
+        proxy.stop()
 
 
 def test_port_taken_at_start_is_an_error(store):

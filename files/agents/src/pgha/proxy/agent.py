@@ -16,6 +16,7 @@ import math
 import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import replace
 from typing import Any
 
@@ -31,14 +32,39 @@ TICK = 0.1  # seconds between staleness checks on the event loop
 BACKLOG = 1024
 
 
+WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def advertised_host(listen_address: str, endpoints: list[str]) -> str:
+    """The host to advertise for ``listen_address``: itself, or for a wildcard the local address a
+    connection to the first store endpoint would leave from (UDP connect: no packet is sent),
+    falling back to the host name."""
+    if listen_address not in WILDCARDS:
+        return listen_address
+    for endpoint in endpoints[:1]:
+        host = urllib.parse.urlsplit(endpoint).hostname
+        if not host:
+            continue
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((host, 9))
+                return str(s.getsockname()[0])
+        except OSError:
+            pass
+    return socket.gethostname()
+
+
 class ProxyAgent:
     def __init__(self, store: Store, keys: Keys, uid: str, *, listen_address: str = "127.0.0.1",
                  port: int = 25432, ro_port: int = 0, api_address: str | None = None, api_port: int = 0,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, advertise_address: str | None = None) -> None:
         self.store = store
         self.keys = keys
         self.uid = uid
         self.listen_address = listen_address
+        # the host clients are told to use (in the proxy status): see advertised_host()
+        self.advertise_address = advertise_address or listen_address
         self.ports = {RW: port, RO: ro_port}
         self.enabled = {RW: True, RO: bool(ro_port)}
         self.api_address = api_address if api_address is not None else listen_address
@@ -66,11 +92,11 @@ class ProxyAgent:
 
     @property
     def address(self) -> str:
-        return self._host_port(self.listen_address, self.ports[RW])
+        return self._host_port(self.advertise_address, self.ports[RW])
 
     @property
     def ro_address(self) -> str:
-        return self._host_port(self.listen_address, self.ports[RO]) if self.enabled[RO] else ""
+        return self._host_port(self.advertise_address, self.ports[RO]) if self.enabled[RO] else ""
 
     @property
     def api_bound_address(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pgha import log as pgha_log
 from pgha.cli import EnvParser, common_parser, die, parse_bool, store_from_args
 from pgha.model import keys
-from pgha.proxy.agent import ProxyAgent
+from pgha.proxy.agent import ProxyAgent, advertised_host
 from pgha.spec import valid_uid
 from pgha.store.base import StoreError
 
@@ -56,6 +56,10 @@ def build_parser() -> EnvParser:
     p.add_flag("--ro-port", type=_port, default=0,
                help="read-only port: relayed round-robin to the replicas fit for reads, or to the primary when "
                     "there is none (0: off)")
+    p.add_flag("--advertise-address",
+               help="host the proxy reports in the store for clients, drills and the inventory (default: "
+                    "--listen-address; when that is a wildcard such as 0.0.0.0, the local address this host "
+                    "reaches the first store endpoint from)")
     p.add_flag("--api-listen-address", help="address of the HTTP API (default: --listen-address)")
     p.add_flag("--api-port", type=_port, default=0,
                help="HTTP API port serving /health and /metrics (0: off)")
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     agent = ProxyAgent(store, keys(args.store_prefix, args.cluster_name), uid,
                        listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
                        api_address=args.api_listen_address or args.listen_address, api_port=args.api_port,
-                       reuse_port=args.reuse_port)
+                       reuse_port=args.reuse_port,
+                       advertise_address=args.advertise_address
+                       or advertised_host(args.listen_address, args.store_endpoints.split(",")))
 
     async def run() -> None:
         stop = asyncio.Event()

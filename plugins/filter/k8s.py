@@ -117,6 +117,13 @@ def k8s_name(value):
     return name
 
 
+def k8s_agent_pods(cluster, components):
+    """A NetworkPolicy peer: the pods of pgha cluster ``cluster`` that run one of ``components``."""
+    return {"podSelector": {"matchLabels": {"pgha.io/cluster": str(cluster)},
+                            "matchExpressions": [{"key": "pgha.io/component", "operator": "In",
+                                                  "values": [str(c) for c in components]}]}}
+
+
 class FilterModule(object):
     def filters(self):
-        return {"k8s_container": k8s_container, "k8s_name": k8s_name}
+        return {"k8s_container": k8s_container, "k8s_name": k8s_name, "k8s_agent_pods": k8s_agent_pods}

@@ -60,3 +60,9 @@ def test_a_stop_signal_other_than_term_is_refused() -> None:
 @pytest.mark.parametrize("value,expected", [("main", "main"), ("my_db", "my-db"), ("Prod_1", "prod-1")])
 def test_k8s_name(value: str, expected: str) -> None:
     assert k8s.k8s_name(value) == expected
+
+
+def test_k8s_agent_pods_selects_the_clusters_components() -> None:
+    assert k8s.k8s_agent_pods("main", ["keeper", "proxy"]) == {"podSelector": {
+        "matchLabels": {"pgha.io/cluster": "main"},
+        "matchExpressions": [{"key": "pgha.io/component", "operator": "In", "values": ["keeper", "proxy"]}]}}

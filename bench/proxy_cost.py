@@ -180,13 +180,18 @@ def main() -> int:
     extra = (["asyncio"] if "pgha-proxy-asyncio" in paths else []) + (["x2a", "x2b"] if "pgha-proxy-x2" in paths else [])
     cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1 + len(extra))
     name = {kind: f"proxy{i + 1}" for i, kind in enumerate(extra)}
+    # each pgha path and the pgha-proxy processes behind it (the first one's port is the path's)
+    proxy_paths = {"pgha-proxy": ["proxy0"]}
+    if "asyncio" in name:
+        proxy_paths["pgha-proxy-asyncio"] = [name["asyncio"]]
+    if "x2a" in name:
+        proxy_paths["pgha-proxy-x2"] = [name["x2a"], name["x2b"]]
+        share_proxy_ports(cluster, proxy_paths["pgha-proxy-x2"])
     if args.proxy_event_loop:
-        for uid in ["proxy0"] + [name[k] for k in ("x2a", "x2b") if k in name]:
+        for uid in proxy_paths["pgha-proxy"] + proxy_paths.get("pgha-proxy-x2", []):
             cluster.proxies[uid].argv += ["--event-loop", args.proxy_event_loop]
     if "asyncio" in name:
         cluster.proxies[name["asyncio"]].argv += ["--event-loop", "asyncio"]
-    if "x2a" in name:
-        share_proxy_ports(cluster, [name["x2a"], name["x2b"]])
     haproxy: harness.Agent | None = None
     cells: list[dict[str, Any]] = []
     syscalls: dict[str, dict[str, float]] = {}
@@ -197,16 +202,11 @@ def main() -> int:
         primary = st["cluster"]["primary"]
         pg_port = cluster.keeper_pg_port[primary]
         haproxy, ha_port = start_haproxy(base, pg_port)
-        ports = {"direct": pg_port, "pgha-proxy": cluster.proxy_port["proxy0"], "haproxy": ha_port}
-        if "asyncio" in name:
-            ports["pgha-proxy-asyncio"] = cluster.proxy_port[name["asyncio"]]
-        if "x2a" in name:
-            ports["pgha-proxy-x2"] = cluster.proxy_port[name["x2a"]]
-        pids = {"pgha-proxy": [cluster.proxies["proxy0"].proc.pid], "haproxy": [haproxy.proc.pid]}
-        if "asyncio" in name:
-            pids["pgha-proxy-asyncio"] = [cluster.proxies[name["asyncio"]].proc.pid]
-        if "x2a" in name:
-            pids["pgha-proxy-x2"] = [cluster.proxies[name[k]].proc.pid for k in ("x2a", "x2b")]
+        ports = {"direct": pg_port, "haproxy": ha_port}
+        pids = {"haproxy": [haproxy.proc.pid]}
+        for path, uids in proxy_paths.items():
+            ports[path] = cluster.proxy_port[uids[0]]
+            pids[path] = [cluster.proxies[uid].proc.pid for uid in uids]
         init = subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg_port),
                                "-U", "postgres", "postgres"], env={**os.environ, "PGPASSWORD": cluster.su_password},
                               capture_output=True, text=True, timeout=600)
@@ -244,7 +244,9 @@ def main() -> int:
                         paired = [a["tps"] / b["tps"] for a, b in zip(runs[path], runs["haproxy"])]
                         cell["paired_over_haproxy"] = [round(x, 3) for x in paired]
                     cells.append(cell)
-        if args.syscalls and shutil.which("strace"):
+        if args.syscalls and not shutil.which("strace"):
+            print("--syscalls: strace is not installed (apt-get install strace); not counted", file=sys.stderr)
+        elif args.syscalls:
             for path in paths:
                 if path in pids:
                     syscalls[path] = syscalls_per_tx(ports[path], pids[path], cluster.su_password, log_dir)

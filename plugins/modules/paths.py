@@ -135,7 +135,7 @@ def main():
             continue
         if st is not None:
             want_dir = entry["state"] == "directory"
-            if (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)) is False:
+            if not (stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode)):
                 kind = "directory" if want_dir else "regular file"
                 module.fail_json(msg="%s exists but is not a %s" % (path, kind))
             if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode):

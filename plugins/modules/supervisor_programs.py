@@ -207,7 +207,7 @@ def main():
     if file_changed and not module.check_mode:
         write_file(module, p["path"], content)
 
-    membership_changed = file_changed and set(program_names(diff["before"])) != set(program_names(content))
+    membership_changed = file_changed and set(program_names(diff["before"])) != set(p["programs"])
     sub = apply_command(file_changed, p["rolling"], membership_changed, p["membership_at_once"])
     rolling = p["rolling"] and sub != "update"
     commands = []

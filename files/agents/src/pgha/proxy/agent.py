@@ -41,13 +41,10 @@ def advertised_host(listen_address: str, endpoints: list[str]) -> str:
     falling back to the host name."""
     if listen_address not in WILDCARDS:
         return listen_address
-    for endpoint in endpoints[:1]:
-        host = urllib.parse.urlsplit(endpoint).hostname
-        if not host:
-            continue
+    host = urllib.parse.urlsplit(endpoints[0]).hostname if endpoints else None
+    if host:
         try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.connect((host, 9))
                 return str(s.getsockname()[0])
         except OSError:

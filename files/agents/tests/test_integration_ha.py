@@ -360,3 +360,42 @@ def test_drained_synchronous_standby_can_stop_without_stalling_commits(cluster_f
     # the primary cannot be drained
     bad = c.ctl("drain", primary_of(c.status()), check=False)
     assert bad.returncode != 0 and "switch over first" in bad.stderr
+
+
+def test_a_hanging_store_fences_the_primary_before_its_lease_can_expire(cluster_factory) -> None:
+    """A store that hangs (every member SIGSTOPped: connections open, nothing answers, as behind a
+    partition) must not delay the keeper's fencing. The last write the primary acknowledges comes
+    before the server could let the keeper's lease expire (its TTL after the last renewal it saw),
+    which is when a sentinel may promote another primary. Before the fence timer, the renewal
+    blocked for 2 s per endpoint and fencing came after it: 6.5 s after the last renewal."""
+    c = cluster_factory(keepers=1, sentinels=1, proxies=1, etcd_members=3)
+    c.wait_for(healthy_cluster(1), timeout=120, what="a one-keeper cluster on three etcd members")
+    ttl = 3  # the lease TTL: fail_interval, 3s by default
+    conn = c.connect_keeper("keeper0")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE fence_probe (id serial primary key, at timestamptz default now())")
+    for m in c.etcd.members:
+        m.signal_tree(signal.SIGSTOP)
+    frozen = time.monotonic()  # the store saw no renewal after this
+    last_ack = frozen
+    try:
+        while time.monotonic() - frozen < 3 * ttl:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO fence_probe DEFAULT VALUES")
+                last_ack = time.monotonic()
+            except psycopg2.Error:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"the primary still acknowledged writes {3 * ttl}s after the store froze")
+    finally:
+        for m in c.etcd.members:
+            m.signal_tree(signal.SIGCONT)
+        conn.close()
+    assert last_ack - frozen < ttl, (f"the primary acknowledged a write {last_ack - frozen:.2f}s after the store froze, "
+                                     f"when its lease (ttl {ttl}s) could already have expired")
+    assert "FENCING" in c.keepers["keeper0"].log_text()
+    c.wait_for(healthy_cluster(1), timeout=120, what="the cluster back after the store thawed")
+    write_row_retrying(c, "after-thaw")

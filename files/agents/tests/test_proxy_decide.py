@@ -24,9 +24,15 @@ def cd(target: str | None, generation: int, ro: tuple[str, ...] = (), spec: dict
                        proxy=ProxySpec(target=target, generation=generation, ro_targets=ro))
 
 
-def routed(rw=K1, ro=(K2,), generation=7, last_good=100.0, ro_fallback=False) -> ProxyState:
+# a proxy that holds a lease (renewed by the agent's store thread, which sets lease_deadline)
+LEASED = ProxyState(lease_deadline=float("inf"))
+
+
+def routed(rw=K1, ro=(K2,), generation=7, last_good=100.0, ro_fallback=False,
+           lease_deadline=float("inf")) -> ProxyState:
     return ProxyState(check_interval=0.5, timeout=3.0, last_good=last_good, trusted=True, distrust="",
-                      listening=True, generation=generation, rw=rw, ro=ro, ro_fallback=ro_fallback)
+                      listening=True, generation=generation, rw=rw, ro=ro, ro_fallback=ro_fallback,
+                      lease_deadline=lease_deadline)
 
 
 @dataclass
@@ -47,11 +53,19 @@ class Case:
 
 
 CASES = [
-    Case("first read routes and listens", ProxyState(), Observation(100.0, cd=cd("keeper1", 1, ("keeper2",))),
+    Case("first read routes and listens", LEASED, Observation(100.0, cd=cd("keeper1", 1, ("keeper2",))),
          100.1, True, generation=1, rw=K1, ro=(K2,), message="routing rw to keeper1 (127.0.0.1:5432), generation 1"),
-    Case("no cluster data yet: listen, route nowhere", ProxyState(), Observation(100.0, absent=True), 100.1, True,
+    Case("no cluster data yet: listen, route nowhere", LEASED, Observation(100.0, absent=True), 100.1, True,
          generation=-1, rw=None, ro=(), message="no cluster data yet"),
-    Case("never read the store: do not listen", ProxyState(), None, 100.0, False, close_all=True, ack=False),
+    Case("never read the store: do not listen", LEASED, None, 100.0, False, close_all=True, ack=False),
+    Case("no lease yet: a trusted read does not open the ports (the sentinel cannot see this proxy)",
+         ProxyState(), Observation(100.0, cd=cd("keeper1", 1, ("keeper2",))), 100.1, False, close_all=True,
+         ack=False, generation=1, rw=K1),
+    Case("lease past its deadline: fenced although the last read is fresh", routed(lease_deadline=101.0),
+         Observation(101.0, cd=cd("keeper1", 7, ("keeper2",))), 101.2, False, close_all=True, ack=False,
+         message="lease not renewed in time"),
+    Case("lease deadline before the read deadline: relaying stops at the lease's", routed(lease_deadline=102.0),
+         None, 102.1, False, close_all=True, ack=False, message="lease not renewed in time"),
     Case("same generation: nothing to close", routed(), Observation(101.0, cd=cd("keeper1", 7, ("keeper2",))),
          101.1, True, generation=7, rw=K1, ro=(K2,)),
     Case("target change closes the old target", routed(), Observation(101.0, cd=cd("keeper2", 8, ("keeper3",))),
@@ -94,9 +108,9 @@ CASES = [
          close_ro=frozenset({"keeper1"}), generation=8, rw=K2, ro=(K2,)),
     Case("ro empty and no primary routes ro nowhere", routed(), Observation(101.0, cd=cd(None, 8, ())), 101.1,
          True, close_rw=frozenset({"keeper1"}), close_ro=frozenset({"keeper2"}), generation=8, rw=None, ro=()),
-    Case("ro port off: no read-only routes", replace(ProxyState(), ro_enabled=False),
+    Case("ro port off: no read-only routes", replace(LEASED, ro_enabled=False),
          Observation(100.0, cd=cd("keeper1", 1, ("keeper2",))), 100.1, True, generation=1, rw=K1, ro=()),
-    Case("spec timings are taken from the cluster data", ProxyState(),
+    Case("spec timings are taken from the cluster data", LEASED,
          Observation(100.0, cd=cd("keeper1", 1, spec=normalize({"proxy_check_interval": 0.2, "proxy_timeout": 1}))),
          101.05, False, close_all=True, ack=False),
 ]
@@ -121,11 +135,12 @@ def test_decide(case: Case) -> None:
         assert case.message in " | ".join(actions.messages)
 
 
-def test_deadline_follows_the_last_trusted_read() -> None:
-    st = decide(ProxyState(), Observation(50.0, cd=cd("keeper1", 1)), 50.0).state
+def test_deadline_follows_the_last_trusted_read_and_the_lease() -> None:
+    st = decide(LEASED, Observation(50.0, cd=cd("keeper1", 1)), 50.0).state
     assert st.deadline == 53.0
     st = decide(st, Observation(51.0, error="store unreadable: timeout"), 51.5).state
     assert st.deadline == 53.0  # an untrusted read does not extend it
+    assert replace(st, lease_deadline=52.0).deadline == 52.0  # the lease can end it sooner
     assert ProxyState().deadline == float("-inf")
 
 

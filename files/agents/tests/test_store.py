@@ -50,17 +50,21 @@ def exercise(store: Store, advance: callable = lambda s: time.sleep(s)) -> None:
     b = store.get("/x/b")
     assert not store.delete("/x/b", mod_revision=b.mod_revision + 100)  # type: ignore[union-attr]
     assert store.delete("/x/b", mod_revision=b.mod_revision)  # type: ignore[union-attr]
-    # leases: keys vanish with them
-    lease = store.grant(2)
+    # leases: keys vanish with them; lease_alive asks without renewing
+    lease, granted = store.grant_lease(2)
+    assert granted == 2
     store.put("/x/leased", "v", lease=lease)
     assert store.keepalive(lease) == 2
+    assert store.lease_alive(lease)
     advance(3.6)
     assert store.get("/x/leased") is None
+    assert not store.lease_alive(lease)
     assert store.keepalive(lease) == 0
     lease = store.grant(5)
     store.put("/x/leased", "v", lease=lease)
     store.revoke(lease)
     assert store.get("/x/leased") is None
+    assert not store.lease_alive(lease)
     store.delete_prefix("/x/")
     assert store.get_prefix("/x/")[0] == []
 

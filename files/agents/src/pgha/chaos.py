@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from pgha.drill import signal_tree
+from pgha.procs import signal_tree
 
 
 @dataclass(frozen=True)

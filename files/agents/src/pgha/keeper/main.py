@@ -1,14 +1,19 @@
 """pgha-keeper: owns one PostgreSQL instance and makes it what the sentinel wants.
 
-Two threads:
+Four threads:
 
 * the **main loop** reads the desired cluster data, asks ``keeper.decide.decide()`` what to do
   with the local PostgreSQL and does it (initdb, clone, rewind, start, promote, reconfigure, stop);
   these actions can take long;
-* the **heartbeat** renews the keeper's lease, collects PostgreSQL's status and publishes it under
-  the lease every ``sleep_interval``, whatever the main loop is doing. It is also the third fencing
-  layer: when the lease cannot be renewed for (almost) its TTL while PostgreSQL runs as primary, it
-  stops PostgreSQL before the sentinel can elect another primary.
+* the **lease** thread renews the keeper's lease (``pgha.store.lease.Lease``) every half second,
+  each attempt bounded by a budget well inside the TTL the server granted;
+* the **status** thread collects PostgreSQL's status and publishes it under the lease every
+  ``sleep_interval``, whatever the main loop is doing;
+* the **fence** timer is the third fencing layer, on its own clock: once the lease's deadline
+  passes (``fence_margin`` before the server can expire it, counted from the last renewal *sent*
+  and the TTL the server *granted*) it kills a PostgreSQL that runs as primary, and keeps it down
+  until the lease is renewed. It never waits on a store request or on the keeper's lock, so a store
+  that hangs cannot delay it: the sentinel acts on the lease's expiry only after that.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from pgha.model import (
 )
 from pgha.spec import DEFAULTS, valid_uid
 from pgha.store import Store, StoreError
+from pgha.store.lease import Lease, fence_margin
 
 logger = logging.getLogger("pgha.keeper")
 
@@ -59,6 +65,9 @@ DEFAULT_PG_PARAMETERS = {
     "log_line_prefix": "%m [%p] %q%u@%d ",
 }
 
+
+LEASE_TICK = 0.5  # seconds between two lease renewals (at most sleep_interval)
+FENCE_TICK = 0.05  # the fence timer's longest sleep
 
 # Loops between two reads of unchanged cluster data. The watch starts right after the revision
 # read, so it cannot miss a change (a compaction is reported as one): this is only a safety net.
@@ -103,10 +112,11 @@ class Keeper:
         self.collect_lock = threading.Lock()
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        # lease
-        self.lease = 0
-        self.lease_renewed_at = 0.0  # monotonic time a successful renewal was *sent*
-        self.fenced = False
+        # lease and fencing (see the module doc)
+        self.lease = Lease(store)
+        self.fenced = True  # no lease yet: never a primary before the first grant
+        self._fence_lock = threading.Lock()
+        self._lapse_logged = False
         # local state
         self.state_path = self.data_dir / "state.json"
         self.local_state: dict[str, Any] = {}
@@ -144,46 +154,62 @@ class Keeper:
 
     # ================================================================== lease and fencing
     def ttl(self) -> int:
+        """The lease TTL to ask for: the spec's fail_interval in whole seconds (at least 2)."""
         return max(2, math.ceil(self.spec["fail_interval"]))
 
-    def lease_deadline(self) -> float:
-        """The monotonic time after which our lease may have expired on the server."""
-        ttl = self.ttl()
-        return self.lease_renewed_at + ttl - min(1.0, ttl / 3)
+    def update_fence(self) -> bool:
+        """Make ``fenced`` follow the lease; returns it. Called by the fence timer and after each
+        renewal. Only reads the clock and the lease: never blocks."""
+        with self._fence_lock:
+            lapsed = self.lease.lapsed()
+            if lapsed and not self.fenced:
+                self.fenced = True
+                self._lapse_logged = True
+                age = self.lease.age()
+                logger.warning("lease lapsed (last renewal sent %.1fs ago, granted ttl %ss, deadline %.1fs before "
+                               "the server may expire it): PostgreSQL must not run as primary until it is renewed",
+                               age if age is not None else -1, self.lease.ttl, fence_margin(self.lease.ttl))
+            elif not lapsed and self.fenced:
+                self.fenced = False
+                if self._lapse_logged:
+                    self._lapse_logged = False
+                    logger.info("lease renewed: fencing lifted (the sentinel decides our role again)")
+            return self.fenced
 
-    def fence_check(self) -> None:
-        if self.fenced or not self.lease:
-            return
-        if time.monotonic() < self.lease_deadline():
-            return
-        self.fenced = True
-        if self.pg.running() and self.pg_status.get("in_recovery") is False:
-            logger.error("FENCING: could not renew our lease for %.1fs (ttl %ss): stopping PostgreSQL now, a "
-                         "primary without a live lease must not accept writes",
-                         time.monotonic() - self.lease_renewed_at, self.ttl())
-            with self.lock:
+    def fence_loop(self) -> None:
+        """The fence timer (see the module doc): wakes every FENCE_TICK at most."""
+        while not self.stopping.is_set():
+            if self.update_fence() and self.pg.running() and not self.pg.is_standby_configured():
+                age = self.lease.age()
+                logger.error("FENCING: could not renew our lease for %.1fs (granted ttl %ss): killing PostgreSQL "
+                             "now, a primary without a live lease must not accept writes",
+                             age if age is not None else -1, self.lease.ttl)
+                self.phase = "fenced"
                 try:
-                    self.pg.stop("immediate", timeout=10)
+                    self.pg.kill()
                 except PgError as exc:
-                    logger.error("fencing stop failed: %s", exc)
-            self.phase = "fenced"
-        else:
-            logger.warning("lease lapsed (no renewal for %.1fs): will not run as primary until it is renewed",
-                           time.monotonic() - self.lease_renewed_at)
+                    logger.error("fencing: %s", exc)
+            left = self.lease.deadline() - time.monotonic()
+            self.stopping.wait(min(FENCE_TICK, left) if left > 0.001 else FENCE_TICK)
 
     def renew(self) -> None:
-        sent = time.monotonic()
-        if self.lease and self.store.keepalive(self.lease) > 0:
-            self.lease_renewed_at = sent
-        else:
-            if self.lease:
-                logger.warning("our lease expired: registering again with a new lease")
-            self.lease = self.store.grant(self.ttl())
-            self.lease_renewed_at = sent
+        """One renewal attempt. A new lease (the first one, one after the old one expired on the
+        server, or one at a changed TTL) gets our status at once, and a superseded lease is revoked
+        only once the status is under the new one."""
+        previous, ttl = self.lease.id, self.ttl()
+        granted = self.lease.renew(ttl)
+        if granted:
+            if previous and self.lease.superseded:
+                logger.info("lease ttl %ss -> %ss (fail_interval changed): status moves to a new lease",
+                            self.lease.superseded_ttl, self.lease.ttl)
+            elif previous:
+                logger.warning("our lease expired on the server: registering again with a new lease")
             self._last_put = ""
-        if self.fenced:
-            logger.info("lease renewed: fencing lifted (the sentinel decides our role again)")
-            self.fenced = False
+        self.update_fence()
+        if self.lease.superseded:
+            self.wake_heartbeat()
+            if self._last_put:
+                self.lease.release_superseded()
 
     # ================================================================== status
     def collect(self) -> KeeperStatus:
@@ -239,7 +265,15 @@ class Keeper:
             phase=self.phase,
             error=self.error,
             reported_at=time.time(),
+            desired_role=self.desired_role(),
+            lease_ttl=self.lease.ttl,
         )
+
+    def desired_role(self) -> str:
+        """The role the cluster data we last read gives us ("" when it names us not at all)."""
+        cd = self.cd
+        want = cd.keepers.get(self.uid) if cd else None
+        return want.role if want else ""
 
     def controldata(self) -> dict[str, str]:
         try:
@@ -260,15 +294,14 @@ class Keeper:
         now = time.monotonic()
         if body == self._last_put and now - self._last_put_at < 5 * self.spec["sleep_interval"]:
             return
-        self.store.put(self.keys.keeper(self.uid), st.dumps(), lease=self.lease)
+        self.store.put(self.keys.keeper(self.uid), st.dumps(), lease=self.lease.id)
         self._last_put, self._last_put_at = body, now
 
     def lease_loop(self) -> None:
-        """Renew the lease and fence; never touches PostgreSQL except to stop it when fencing."""
+        """Renew the lease every LEASE_TICK; fencing is the fence timer's job, not this thread's."""
         problem = ""
         while not self.stopping.is_set():
             started = time.monotonic()
-            self.fence_check()
             try:
                 self.renew()
                 if problem:
@@ -278,8 +311,7 @@ class Keeper:
                 if str(exc) != problem:
                     logger.warning("cannot renew our lease: %s", exc)
                     problem = str(exc)
-            self.fence_check()
-            left = min(0.5, self.spec["sleep_interval"]) - (time.monotonic() - started)
+            left = min(LEASE_TICK, self.spec["sleep_interval"]) - (time.monotonic() - started)
             if left > 0:
                 self.stopping.wait(left)
 
@@ -289,7 +321,7 @@ class Keeper:
             st = self.collect()
             self.status = st
         self.role_labels.observe(st.role)
-        if self.lease and not self.fenced:
+        if self.lease.id and not self.fenced:
             self.publish(st)
 
     def status_loop(self) -> None:
@@ -500,7 +532,11 @@ class Keeper:
 
     def do_stop(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
         with self.lock:
-            self.pg.stop("fast", timeout=10)
+            try:
+                self.pg.stop("fast", timeout=10)
+            except PgError as exc:  # the sentinel waits for this primary to stop: make sure it does
+                logger.error("%s: killing it", exc)
+                self.pg.kill()
         self.phase = "fenced" if want is not None else "stopped"
         logger.info("PostgreSQL stopped (%s)", action.reason)
 
@@ -701,7 +737,7 @@ class Keeper:
                 ("pgha_keeper_replication_lag_bytes", "gauge", "replay lag behind the upstream (replicas)", labels,
                  float(self.replica_lag() or 0)),
                 ("pgha_keeper_store_contact_age_seconds", "gauge", "seconds since the lease was last renewed",
-                 labels, time.monotonic() - self.lease_renewed_at if self.lease_renewed_at else -1.0),
+                 labels, self.lease.age() if self.lease.age() is not None else -1.0),
                 ("pgha_keeper_fenced", "gauge", "1 when the keeper fenced itself (lease lapsed)", labels,
                  1.0 if self.fenced else 0.0),
             ]
@@ -729,10 +765,14 @@ class Keeper:
         if self.args.api_port:
             self.api = ApiServer(self.args.api_listen_address, self.args.api_port, self.api_routes())
             self.api.start()
+        threading.Thread(target=self.fence_loop, name="fence", daemon=True).start()
         threading.Thread(target=self.lease_loop, name="lease", daemon=True).start()
         threading.Thread(target=self.status_loop, name="status", daemon=True).start()
         logger.info("keeper %s starting: data %s, PostgreSQL %s, advertised %s", self.uid, self.data_dir,
                     self.pg.version() or "(no data yet)", self.advertise)
+        # nothing to decide before we hold a lease: without one PostgreSQL may not run as primary
+        while not self.stopping.is_set() and not self.lease.id:
+            self.stopping.wait(0.05)
         try:
             self.main_loop()
         finally:
@@ -746,8 +786,7 @@ class Keeper:
             except PgError as exc:
                 logger.error("stopping PostgreSQL: %s", exc)
         try:
-            if self.lease:
-                self.store.revoke(self.lease)
+            self.lease.revoke()
         except StoreError:
             pass
         if self.api:

@@ -32,6 +32,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from pgha import procs
 from pgha.model import Replication, lsn_to_int
 
 logger = logging.getLogger("pgha.keeper")
@@ -218,6 +219,29 @@ class Postgres:
                 return self.stop("immediate", timeout)
             raise PgError(f"PostgreSQL (pid {pid}) did not stop")
         self.proc = None
+
+    def kill(self, grace: float = 2.0) -> bool:
+        """Fencing: end a running PostgreSQL at once, without taking locks or closing connections
+        other threads own. SIGQUIT makes the postmaster and every backend exit immediately (no
+        checkpoint: crash recovery at the next start); whatever is left after ``grace`` seconds
+        gets SIGKILL. Returns whether PostgreSQL was running."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return False
+        children = procs.descendants(pid)
+        procs.signal_pids([pid], signal.SIGQUIT)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.postmaster_pid() != pid:
+                return True
+            time.sleep(0.01)
+        procs.signal_pids(procs.descendants(pid) + children + [pid], signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.postmaster_pid() != pid:
+                return True
+            time.sleep(0.01)
+        raise PgError(f"PostgreSQL (pid {pid}) survived SIGKILL")
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -5,6 +5,11 @@ event loop (which runs ``decide()`` and closes connections), waits for the loop 
 writes the proxy status (the acknowledgement) under the proxy's lease, and waits for the next
 change or check. The event loop also runs ``decide()`` on a short timer so that self-fencing does
 not depend on the store thread coming back.
+
+The lease (``pgha.store.lease.Lease``, TTL ``ceil(proxy_timeout)``) bounds relaying too: nothing is
+forwarded past ``PROXY_FENCE_MARGIN`` before the server could expire it, so by the time the
+sentinel sees this proxy's status vanish (and stops waiting for its acknowledgement) the proxy has
+already stopped relaying, however the store or this process stalled.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ from pgha.model import ClusterData, FormatError, Keys, ProxyStatus
 from pgha.proxy.decide import Observation, ProxyState, decide
 from pgha.proxy.relay import RO, RW, Pool
 from pgha.store.base import Store, StoreError
+from pgha.store.lease import Lease
+
+# Relaying stops this long before the proxy's lease can expire on the server. The relay checks the
+# deadline on every chunk it forwards, so the margin only has to cover clock differences.
+PROXY_FENCE_MARGIN = 0.5
+
+
+def proxy_fence_margin(ttl: float) -> float:
+    return min(PROXY_FENCE_MARGIN, ttl / 4)
 
 log = logging.getLogger("pgha.proxy")
 
@@ -79,8 +93,7 @@ class ProxyAgent:
         self._stopping = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._lease = 0
-        self._lease_ttl = 0
+        self.lease = Lease(store, margin=proxy_fence_margin)
         self._store_error = ""
 
     # ------------------------------------------------------------------ addresses
@@ -141,14 +154,12 @@ class ProxyAgent:
         loop = asyncio.get_running_loop()
         if self._thread is not None:
             await loop.run_in_executor(None, self._thread.join, 10.0)
-        if self._lease:
+        if self.lease.id:
             try:
-                await loop.run_in_executor(None, self.store.revoke, self._lease)
+                await loop.run_in_executor(None, self.lease.revoke)
             except StoreError as exc:
-                log.warning("could not revoke lease %x (it will expire): %s", self._lease, exc)
-            self._lease = 0
-        if self.api is not None:
-            self.api.stop()
+                log.warning("could not revoke lease %x (it will expire): %s", self.lease.id, exc)
+                self.lease.forget()
         log.info("proxy %s stopped: stopped listening, closed %d connection(s), revoked its lease", self.uid, closed)
 
     async def _tick(self) -> None:
@@ -268,8 +279,15 @@ class ProxyAgent:
     def _store_loop(self) -> None:
         last_sent: ProxyStatus | None = None
         last_renew = float("-inf")
+        left_live_set = False  # lease revoked on untrusted data: none until a trusted read
         while not self._stopping.is_set():
             started = time.monotonic()
+            if not self.lease.id and not left_live_set:
+                try:  # hold a lease before the first read, so that the proxy may listen at once
+                    self.lease.renew(math.ceil(self.state.timeout))
+                    self._lease_renewed()
+                except StoreError:
+                    pass
             try:
                 obs, revision, reachable = self._read(started)
             except Exception as exc:  # a bug must not silently stop the proxy from fencing: it is logged
@@ -291,6 +309,7 @@ class ProxyAgent:
                 break
             now = time.monotonic()
             if obs.error is None and not self._stopping.is_set():
+                left_live_set = False
                 content = replace(status, reported_at=0.0)
                 due = now - last_renew >= st.check_interval
                 if due or last_sent is None or content != replace(last_sent, reported_at=0.0):
@@ -300,15 +319,18 @@ class ProxyAgent:
                             last_renew = now
                     else:
                         last_sent = None
-            elif reachable and not st.listening and self._lease:
+            elif reachable and not st.listening and self.lease.id:
                 # fenced on data we cannot trust while the store answers: leave the live set now
+                lid = self.lease.id
+                left_live_set = True
+                self._lease_renewed(reset=True)
                 try:
-                    self.store.revoke(self._lease)
+                    self.lease.revoke()
                     log.info("fenced on untrusted cluster data: revoked lease %x so the sentinel does not wait for "
-                             "this proxy", self._lease)
+                             "this proxy", lid)
                 except StoreError as exc:
-                    log.warning("could not revoke lease %x: %s", self._lease, exc)
-                self._lease = 0
+                    log.warning("could not revoke lease %x: %s", lid, exc)
+                    self.lease.forget()
                 last_sent = None
             left = st.check_interval - (time.monotonic() - started)
             if left <= 0:
@@ -334,22 +356,16 @@ class ProxyAgent:
 
     def _report(self, status: ProxyStatus, st: ProxyState, renew: bool) -> bool:
         """Keep the lease alive and write the status. Returns whether the status was written."""
-        ttl = math.ceil(st.timeout) + 1
+        ttl = math.ceil(st.timeout)
         store = self.store
         try:
-            if self._lease and self._lease_ttl != ttl:
-                old, self._lease = self._lease, 0
-                try:
-                    store.revoke(old)
-                except StoreError:
-                    pass
-            if self._lease and renew and store.keepalive(self._lease) == 0:
-                log.info("lease %x expired: granting a new one", self._lease)
-                self._lease = 0
-            if not self._lease:
-                self._lease = store.grant(ttl)
-                self._lease_ttl = ttl
-            store.put(self.keys.proxy(self.uid), status.dumps(), lease=self._lease)
+            if renew or not self.lease.id or self.lease.asked != ttl:
+                previous = self.lease.id
+                if self.lease.renew(ttl) and previous and not self.lease.superseded:
+                    log.info("lease %x expired: granted a new one", previous)
+                self._lease_renewed()
+            store.put(self.keys.proxy(self.uid), status.dumps(), lease=self.lease.id)
+            self.lease.release_superseded()
         except StoreError as exc:
             if str(exc) != self._store_error:
                 log.warning("cannot write proxy status: %s", exc)
@@ -359,6 +375,19 @@ class ProxyAgent:
             log.info("proxy status written again (generation %d)", status.generation)
             self._store_error = ""
         return True
+
+    def _lease_renewed(self, reset: bool = False) -> None:
+        """Hand the lease's new deadline to the event loop at once (the relay's fence follows it);
+        ``reset``: the lease is being revoked, relaying must stop now."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply_lease_deadline, float("-inf") if reset else self.lease.deadline(),
+                                      reset)
+
+    def _apply_lease_deadline(self, deadline: float, reset: bool = False) -> None:
+        self.state = replace(self.state, lease_deadline=deadline if reset else max(deadline, self.state.lease_deadline))
+        if self.pool is not None:
+            self.pool.fence.deadline = self.state.deadline
 
     # ------------------------------------------------------------------ HTTP API (runs in its thread)
     def _health(self, query: dict[str, list[str]]) -> tuple[int, str, str]:

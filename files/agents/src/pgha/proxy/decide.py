@@ -8,8 +8,11 @@ Rules:
 
 * A read that fails, or returns data this proxy cannot trust (bad JSON, unknown format version),
   changes nothing: the proxy keeps its routes and does not acknowledge.
-* If no trusted read happened for ``proxy_timeout`` seconds (monotonic clock), the proxy fences
-  itself: every connection is closed and it stops listening. The next trusted read re-opens it.
+* If no trusted read happened for ``proxy_timeout`` seconds (monotonic clock), or the proxy's lease
+  is past its deadline (``lease_deadline``: shortly before the server could expire it, when the
+  sentinel stops waiting for this proxy), the proxy fences itself: every connection is closed and
+  it stops listening. The next trusted read while the lease is valid re-opens it. Without a lease
+  (before the first grant) it does not listen: the sentinel cannot see a proxy that has none.
 * When the read-write target changes (to another keeper, another address, or to none), every
   connection to the old target is closed before the new generation is acknowledged.
 * The read-only targets are ``proxy.ro_targets``; when there is none, read-only traffic goes to the
@@ -55,11 +58,17 @@ class ProxyState:
     ro: tuple[Route, ...] = ()  # read-only routes (the primary when ro_fallback)
     ro_fallback: bool = False
     ro_enabled: bool = True  # False when the read-only port is off: no read-only routes at all
+    lease_deadline: float = float("-inf")  # monotonic time the proxy's lease stops covering it
+
+    @property
+    def read_deadline(self) -> float:
+        """Monotonic time after which the last trusted read is too old to relay on."""
+        return float("-inf") if self.last_good is None else self.last_good + self.timeout
 
     @property
     def deadline(self) -> float:
-        """Monotonic time after which nothing may be relayed (no trusted read since)."""
-        return float("-inf") if self.last_good is None else self.last_good + self.timeout
+        """Monotonic time after which nothing may be relayed: no trusted read since, or no lease."""
+        return min(self.read_deadline, self.lease_deadline)
 
 
 @dataclass(frozen=True)
@@ -171,10 +180,14 @@ def decide(state: ProxyState, obs: Observation | None, now: float) -> Actions:
         st = replace(st, listening=True)
         messages.append("listening: the store is readable")
     elif not fresh and st.listening:
-        age = now - st.last_good if st.last_good is not None else float("inf")
-        why = st.distrust or "no successful read in time"
-        messages.append(f"store unreadable for {age:.1f}s (> proxy_timeout {st.timeout:.1f}s; {why}): "
-                        "closing all connections, stopped listening")
+        if now > st.read_deadline:
+            age = now - st.last_good if st.last_good is not None else float("inf")
+            why = st.distrust or "no successful read in time"
+            messages.append(f"store unreadable for {age:.1f}s (> proxy_timeout {st.timeout:.1f}s; {why}): "
+                            "closing all connections, stopped listening")
+        else:
+            messages.append("lease not renewed in time (the sentinel may stop waiting for this proxy): "
+                            "closing all connections, stopped listening")
         st = replace(st, listening=False)
         return Actions(st, close_all=True, ack=False, messages=tuple(messages))
     elif not fresh:

@@ -64,12 +64,21 @@ class Store(ABC):
         """Delete every key under ``prefix``."""
 
     @abstractmethod
-    def grant(self, ttl: int) -> int:
-        """A new lease of ``ttl`` whole seconds."""
+    def grant(self, ttl: int, budget: float | None = None) -> int:
+        """A new lease of ``ttl`` whole seconds. ``budget``: give up (StoreError) after this many
+        seconds in all, whatever the number of endpoints (default: the store's own timeouts)."""
+
+    def grant_lease(self, ttl: int, budget: float | None = None) -> tuple[int, int]:
+        """A new lease and the TTL the server granted (which may be longer than asked)."""
+        return self.grant(ttl, budget), ttl
 
     @abstractmethod
-    def keepalive(self, lease: int) -> int:
+    def keepalive(self, lease: int, budget: float | None = None) -> int:
         """Renew ``lease``; returns its TTL, or 0 when the lease has already expired."""
+
+    def lease_alive(self, lease: int) -> bool:
+        """Whether ``lease`` still exists on the server (not expired, not revoked)."""
+        return self.keepalive(lease) > 0  # a fallback that renews it; the backends only ask
 
     @abstractmethod
     def revoke(self, lease: int) -> None:

@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,16 +88,33 @@ class EtcdStore(Store):
         if conn is not None:
             conn.close()
 
-    def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-        """One JSON request, trying each endpoint once starting with the last one that worked."""
+    def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST",
+                budget: float | None = None) -> dict[str, Any]:
+        """One JSON request, trying each endpoint once starting with the last one that worked.
+
+        Each endpoint gets at most ``timeout`` seconds; with a ``budget`` the whole request, over
+        every endpoint, also ends after ``budget`` seconds (each endpoint then gets an equal share,
+        so that one that does not answer cannot use up the time of the others): lease renewals use
+        it so that a renewal attempt always ends well inside the lease's TTL."""
         payload = json.dumps(body or {}).encode()
         errors = []
         n = len(self.endpoints)
+        started = time.monotonic()
+        share = self.timeout if budget is None else max(0.05, min(self.timeout, budget / n))
         for step in range(n):
             idx = (self._preferred + step) % n
             for attempt in range(2):  # a kept-alive connection may have been closed by the server
+                timeout = share
+                if budget is not None:
+                    timeout = min(share, budget - (time.monotonic() - started))
+                    if timeout <= 0.01:
+                        errors.append(f"{self.endpoints[idx].url}: no time left of the {budget:.2f}s budget")
+                        raise StoreError("store unreachable: " + "; ".join(errors))
                 conn = self._conn(idx)
                 try:
+                    conn.timeout = timeout
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout)
                     conn.request(method, path, body=payload if method == "POST" else None,
                                  headers={"Content-Type": "application/json"})
                     resp = conn.getresponse()
@@ -177,16 +195,31 @@ class EtcdStore(Store):
         self.request("/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
 
     # ------------------------------------------------------------------ leases
-    def grant(self, ttl: int) -> int:
-        resp = self.request("/v3/lease/grant", {"TTL": str(int(ttl))})
+    def grant(self, ttl: int, budget: float | None = None) -> int:
+        return self.grant_lease(ttl, budget)[0]
+
+    def grant_lease(self, ttl: int, budget: float | None = None) -> tuple[int, int]:
+        resp = self.request("/v3/lease/grant", {"TTL": str(int(ttl))}, budget=budget)
         if resp.get("error"):
             raise StoreError(f"lease grant failed: {resp['error']}")
-        return int(resp["ID"])
+        try:
+            return int(resp["ID"]), int(resp.get("TTL") or ttl)
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(f"lease grant: unexpected answer {str(resp)[:200]}") from None
 
-    def keepalive(self, lease: int) -> int:
-        resp = self.request("/v3/lease/keepalive", {"ID": str(lease)})
+    def keepalive(self, lease: int, budget: float | None = None) -> int:
+        resp = self.request("/v3/lease/keepalive", {"ID": str(lease)}, budget=budget)
         result = resp.get("result", resp)
         return int(result.get("TTL", 0) or 0)
+
+    def lease_alive(self, lease: int) -> bool:
+        """Asks without renewing: etcd answers TTL -1 for a lease that expired or was revoked (and
+        0 for one with less than a second left, which is still alive)."""
+        resp = self.request("/v3/lease/timetolive", {"ID": str(lease)})
+        try:
+            return int(resp.get("TTL", -1)) >= 0
+        except (TypeError, ValueError):
+            raise StoreError(f"lease timetolive: unexpected answer {str(resp)[:200]}") from None
 
     def revoke(self, lease: int) -> None:
         try:

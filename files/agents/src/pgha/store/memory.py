@@ -104,7 +104,7 @@ class MemoryStore(Store):
                 del self._data[key]
             self._bump()
 
-    def grant(self, ttl: int) -> int:
+    def grant(self, ttl: int, budget: float | None = None) -> int:
         with self._cond:
             self._check()
             lid = self._next_lease
@@ -112,7 +112,7 @@ class MemoryStore(Store):
             self._leases[lid] = (ttl, self._clock() + ttl)
             return lid
 
-    def keepalive(self, lease: int) -> int:
+    def keepalive(self, lease: int, budget: float | None = None) -> int:
         with self._cond:
             self._check()
             if lease not in self._leases:
@@ -120,6 +120,11 @@ class MemoryStore(Store):
             ttl, _ = self._leases[lease]
             self._leases[lease] = (ttl, self._clock() + ttl)
             return ttl
+
+    def lease_alive(self, lease: int) -> bool:
+        with self._cond:
+            self._check()
+            return lease in self._leases
 
     def revoke(self, lease: int) -> None:
         with self._cond:

@@ -79,6 +79,12 @@ def run(s: Snapshot, memory: Memory | None = None) -> tuple[Decision, ClusterDat
 Case = tuple[str, Callable[[], Snapshot], Callable[[Decision, ClusterData], None]]
 
 
+def _fencing() -> ClusterData:
+    """A failover from k1 to k2 in its fence stage, proxies told generation 4."""
+    return replace(cluster(), proxy=ProxySpec(None, 4), keepers={**cluster().keepers, "k1": KeeperSpec(role="none")},
+                   transition=Transition("failover", "k1", "k2", "fence", NOW - 1, 4))
+
+
 def _expect_primary_unchanged(d: Decision, cd: ClusterData) -> None:
     assert cd.primary == "k1" and cd.transition is None
 
@@ -167,6 +173,32 @@ CASES: list[Case] = [
                     and cd.transition.stage == "promote" and cd.keepers["k3"].follow == "k2"
                     and (cd.keepers["k1"].role, cd.keepers["k1"].follow) == ("replica", "k2")
                     and cd.proxy.target is None) or pytest.fail(str(cd))),
+    # the invariant: never promote while the old primary may still acknowledge a write
+    ("fence stage waits while the old primary is registered and runs PostgreSQL (failkeeper on a live primary)",
+     lambda: snap(_fencing(), [ks("k1", "primary", repl=rows("k2", "k3")), ks("k2"), ks("k3")],
+                  proxies=[ProxyStatus("p1", generation=4)]),
+     lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence" and cd.primary == "k1"
+                    and "waiting for k1 to stop PostgreSQL" in cd.message) or pytest.fail(str(cd))),
+    ("fence stage waits for a stopped old primary to read that it must stop",
+     lambda: snap(_fencing(), [replace(ks("k1", "none", running=False, healthy=False), desired_role="primary"),
+                               ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+     lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence"
+                    and "read that it must stop" in cd.message) or pytest.fail(str(cd))),
+    ("fence stage promotes once the registered old primary stopped after reading role none",
+     lambda: snap(_fencing(), [replace(ks("k1", "none", running=False, healthy=False), desired_role="none"),
+                               ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+     lambda d, cd: (cd.primary == "k2" and cd.transition is not None and cd.transition.stage == "promote")
+     or pytest.fail(str(cd))),
+    ("fence stage does not promote past a status key deleted while its lease lives",
+     lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+                     leases_alive={"k1": True}),
+     lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence" and cd.primary == "k1"
+                    and "lease is still alive" in cd.message) or pytest.fail(str(cd))),
+    ("fence stage promotes when the old primary's key went with its lease",
+     lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+                     leases_alive={"k1": False}),
+     lambda d, cd: (cd.primary == "k2" and cd.transition is not None and cd.transition.stage == "promote")
+     or pytest.fail(str(cd))),
     ("promote stage routes proxies once the new primary reports itself primary",
      lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
                           transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4)),
@@ -344,3 +376,9 @@ def test_every_write_bumps_generation() -> None:
 def test_decisions_are_explained() -> None:
     d, _ = run(snap(cluster(), [ks("k2", lsn=90), ks("k3", lsn=95)]))
     assert any("electing k3" in e and "most advanced" in e for e in d.events)
+
+
+def test_the_lease_of_each_keeper_is_remembered_for_when_its_key_is_gone() -> None:
+    mem = Memory()
+    decide(replace(snap(cluster(), healthy3()), keeper_leases={"k1": 11, "k2": 12, "k3": 0}), mem)
+    assert mem.keeper_leases == {"k1": 11, "k2": 12}

@@ -74,7 +74,7 @@ class Ctl:
         kvs, _ = self.store.get_prefix(self.keys.base)
         cd: ClusterData | None = None
         statuses: dict[str, KeeperStatus] = {}
-        sentinels: list[str] = []
+        sentinels: dict[str, SentinelStatus] = {}
         proxies: list[ProxyStatus] = []
         leader = None
         for kv in kvs:
@@ -86,7 +86,8 @@ class Ctl:
                     st = KeeperStatus.loads(kv.value)
                     statuses[st.uid] = st
                 elif name.startswith("sentinels/"):
-                    sentinels.append(SentinelStatus.loads(kv.value).uid)
+                    sst = SentinelStatus.loads(kv.value)
+                    sentinels[sst.uid] = sst
                 elif name.startswith("proxies/"):
                     proxies.append(ProxyStatus.loads(kv.value))
                 elif name == "sentinel-leader":
@@ -143,7 +144,7 @@ class Ctl:
                 "last_transition": cd.last_transition if cd else None,
             },
             "keepers": keepers,
-            "sentinels": [{"uid": s, "leader": s == leader} for s in sorted(sentinels)],
+            "sentinels": [{"uid": s, "leader": s == leader, "host": sentinels[s].host} for s in sorted(sentinels)],
             "proxies": [{"uid": p.uid, "address": p.address, "ro_address": p.ro_address, "target": p.target,
                          "listening": p.listening, "generation": p.generation}
                         for p in sorted(proxies, key=lambda p: p.uid)],

@@ -316,6 +316,8 @@ class KeeperStatus:
     phase: str = ""  # what the keeper is doing: initdb, basebackup, rewind, running, fenced...
     error: str = ""
     reported_at: float = 0.0
+    desired_role: str = ""  # the role the keeper last read in the cluster data ("" before any)
+    lease_ttl: int = 0  # the TTL the store granted to the keeper's lease
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -356,6 +358,8 @@ class KeeperStatus:
                 phase=str(d.get("phase", "")),
                 error=str(d.get("error", "")),
                 reported_at=float(d.get("reported_at", 0.0)),
+                desired_role=str(d.get("desired_role", "")),
+                lease_ttl=int(d.get("lease_ttl", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"keeper status: malformed ({exc!r})") from None
@@ -406,14 +410,17 @@ class ProxyStatus:
 class SentinelStatus:
     uid: str
     reported_at: float = 0.0
+    host: str = ""  # the machine (node name) the sentinel runs on
 
     def dumps(self) -> str:
-        return dumps({"format_version": FORMAT_VERSION, "uid": self.uid, "reported_at": self.reported_at})
+        return dumps({"format_version": FORMAT_VERSION, "uid": self.uid, "reported_at": self.reported_at,
+                      "host": self.host})
 
     @staticmethod
     def loads(raw: bytes | str) -> "SentinelStatus":
         d = loads(raw, "sentinel status")
-        return SentinelStatus(uid=str(d.get("uid", "")), reported_at=float(d.get("reported_at", 0.0)))
+        return SentinelStatus(uid=str(d.get("uid", "")), reported_at=float(d.get("reported_at", 0.0)),
+                              host=str(d.get("host", "")))
 
 
 def lsn_to_int(text: str | None) -> int | None:

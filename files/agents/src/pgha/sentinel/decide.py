@@ -22,9 +22,22 @@ The rules, in order:
 * **Fencing (layer 1).** A primary change is a two-stage transition. ``fence``: proxies are told to
   route nowhere (new proxy generation) and the old primary to stop; the new primary is promoted only
   once every live proxy has acknowledged that generation (a proxy whose lease expired is not
-  waited for) and, for a switchover, the target has received the old primary's final WAL.
-  ``promote``: the new primary is told to promote; when it reports itself primary, proxies are
-  pointed at it.
+  waited for), the old primary can no longer accept writes (below) and, for a switchover, the
+  target has received the old primary's final WAL. ``promote``: the new primary is told to
+  promote; when it reports itself primary, proxies are pointed at it.
+
+  **The invariant: a new primary is never promoted while the old one may still acknowledge a
+  write.** The old primary counts as stopped when either
+
+  - its keeper is still registered and reports, after reading that it must stop (``desired_role``
+    none), that PostgreSQL is not running; or
+  - its status key is gone *because its lease is gone* (``leases_alive`` says so for the lease the
+    key last had; a key deleted while its lease lives does not count). The server expires a lease
+    no earlier than its granted TTL after the last renewal it saw, and the keeper's fence timer
+    kills a primary PostgreSQL ``fence_margin`` (1 s at the default TTL) before that, counted from
+    the renewal it *sent* (which the server saw later) and the TTL the server *granted*. So when
+    the key is gone, the old primary stopped at least that margin earlier, however the keeper and
+    the store were cut off. A proxy whose key is gone likewise stopped relaying a margin before.
 * **Synchronous replication.** See ``manage_sync``.
 * **Drain.** ``pghactl drain KEEPER`` (before restarting a replica for maintenance) takes the keeper
   out of the synchronous standbys, when another streaming replica can take its place, and out of the
@@ -66,6 +79,10 @@ class Snapshot:
     keepers: dict[str, KeeperStatus]  # live keepers (status key present)
     proxies: dict[str, ProxyStatus]  # live proxies
     commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # command key name -> document
+    keeper_leases: dict[str, int] = field(default_factory=dict)  # live keeper -> lease of its status key
+    # absent keeper (the primary, or a transition's old primary) -> whether the lease its status key
+    # had when this sentinel last saw it still exists (asked by the sentinel; missing: never seen)
+    leases_alive: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +94,7 @@ class Memory:
     primary_lsn: int | None = None  # last LSN the primary reported
     init_started: float | None = None
     ignored: set[str] = field(default_factory=set)  # keepers already logged as foreign
+    keeper_leases: dict[str, int] = field(default_factory=dict)  # keeper -> lease its status key last had
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,7 @@ def _decide(ctx: _Ctx, cd: ClusterData | None) -> ClusterData | None:
 
 def _track_health(ctx: _Ctx, cd: ClusterData) -> None:
     snap, mem = ctx.snap, ctx.mem
+    mem.keeper_leases.update({uid: lid for uid, lid in snap.keeper_leases.items() if lid})
     for uid, st in snap.keepers.items():
         mem.last_seen[uid] = snap.mono
         if st.healthy:
@@ -486,6 +505,13 @@ def _advance_transition(ctx: _Ctx, cd: ClusterData) -> ClusterData:
                 return replace(cd, transition=replace(t, old_final_lsn=old_final))  # target catching up
         if not acked:
             return replace(cd, transition=replace(t, old_final_lsn=old_final))
+        if t.kind != "switchover" and t.old is not None:
+            waiting_for = _may_still_write(ctx, t.old)
+            if waiting_for:
+                msg = f"{t.kind} from {t.old} to {t.new}: not promoting yet, {waiting_for}"
+                if cd.message != msg:
+                    ctx.log(msg)
+                return replace(cd, message=msg, transition=replace(t, old_final_lsn=old_final))
         ctx.log(f"{t.kind}: every live proxy stopped routing (generation {t.proxy_generation})"
                 + (f", {t.new} has the old primary's final WAL" if old_final is not None else "")
                 + f": promoting {t.new}")
@@ -510,6 +536,23 @@ def _advance_transition(ctx: _Ctx, cd: ClusterData) -> ClusterData:
         ctx.log(f"{t.kind}: new primary {t.new} failed while promoting ({reason}); will elect again")
         return replace(cd, transition=None, message=f"{t.new} failed while promoting")
     return cd
+
+
+def _may_still_write(ctx: _Ctx, old: str) -> str | None:
+    """Why the old primary may still acknowledge writes, or None when it cannot (the invariant in
+    the module doc)."""
+    snap = ctx.snap
+    st = snap.keepers.get(old)
+    if st is None:
+        if snap.leases_alive.get(old):
+            return (f"the status key of {old} is gone but its lease is still alive (deleted by hand?): "
+                    f"waiting for the lease to expire")
+        return None
+    if st.pg_running:
+        return f"waiting for {old} to stop PostgreSQL"
+    if st.desired_role not in ("", ROLE_NONE):  # "": a keeper older than desired_role
+        return f"waiting for {old} to read that it must stop"
+    return None
 
 
 def _abort(ctx: _Ctx, cd: ClusterData, why: str) -> ClusterData:

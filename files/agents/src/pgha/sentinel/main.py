@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from pgha.model import (
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.spec import DEFAULTS, SpecError, normalize
 from pgha.store import Store, StoreError, WatchEvent
+from pgha.store.lease import Lease
 
 logger = logging.getLogger("pgha.sentinel")
 
@@ -70,7 +72,8 @@ class Sentinel:
         self.keys: Keys = keys(prefix, cluster)
         self.cluster = cluster
         self.uid = uid
-        self.lease = 0
+        self.lease = Lease(store)
+        self.host = socket.gethostname()
         self.leader = False
         self.memory = Memory()
         self.stopping = threading.Event()
@@ -86,24 +89,39 @@ class Sentinel:
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
-        if self.lease and now - self._last_heartbeat < self.interval:
+        if self.lease.id and now - self._last_heartbeat < self.interval:
             return  # our own status put would wake every watcher: once per sleep_interval is enough
         self._last_heartbeat = now
-        if self.lease and self.store.keepalive(self.lease) > 0:
-            pass
-        else:
-            if self.lease:
+        previous = self.lease.id
+        if self.lease.renew(self._ttl()):
+            if previous and self.lease.superseded:
+                logger.info("lease ttl %ss -> %ss (fail_interval changed): moving our keys to a new lease",
+                            self.lease.superseded_ttl, self.lease.ttl)
+                if self.leader:
+                    self._move_leader_key(previous)
+            elif previous:
                 logger.warning("our lease expired: re-registering (leadership, if any, is lost)")
                 self.leader = False
-            self.lease = self.store.grant(self._ttl())
-        self.store.put(self.keys.sentinel(self.uid), SentinelStatus(self.uid, time.time()).dumps(), lease=self.lease)
+        self.store.put(self.keys.sentinel(self.uid), SentinelStatus(self.uid, time.time(), self.host).dumps(),
+                       lease=self.lease.id)
+        self.lease.release_superseded()
+
+    def _move_leader_key(self, old_lease: int) -> None:
+        """Keep leadership across a TTL change: the leader key moves to the new lease (by CAS, so a
+        leader key that changed meanwhile is left alone)."""
+        kv = self.store.get(self.keys.leader)
+        if kv is None or kv.value.decode() != self.uid or kv.lease != old_lease:
+            self.leader = False
+            return
+        if not self.store.cas(self.keys.leader, self.uid, kv.mod_revision, lease=self.lease.id):
+            self.leader = False
 
     def _campaign(self) -> bool:
         kv = self.store.get(self.keys.leader)
         if kv is None:
-            self.store.cas(self.keys.leader, self.uid, 0, lease=self.lease)
+            self.store.cas(self.keys.leader, self.uid, 0, lease=self.lease.id)
             kv = self.store.get(self.keys.leader)
-        is_leader = kv is not None and kv.value.decode() == self.uid and kv.lease == self.lease
+        is_leader = kv is not None and kv.value.decode() == self.uid and kv.lease == self.lease.id
         if is_leader and not self.leader:
             logger.info("became the leading sentinel: timers start afresh (a keeper is declared unhealthy only "
                         "after fail_interval from now)")
@@ -120,6 +138,7 @@ class Sentinel:
         cd: ClusterData | None = None
         cd_rev = 0
         keepers: dict[str, KeeperStatus] = {}
+        keeper_leases: dict[str, int] = {}
         proxies: dict[str, ProxyStatus] = {}
         commands: dict[str, dict[str, Any]] = {}
         problems = []
@@ -134,6 +153,7 @@ class Sentinel:
                 elif name.startswith("keepers/"):
                     st = KeeperStatus.loads(kv.value)
                     keepers[st.uid] = st
+                    keeper_leases[st.uid] = kv.lease
                 elif name.startswith("proxies/"):
                     p = ProxyStatus.loads(kv.value)
                     proxies[p.uid] = p
@@ -157,8 +177,22 @@ class Sentinel:
             self.interval = spec["sleep_interval"]
             self.fail_interval = spec["fail_interval"]
         snap = Snapshot(now=time.time(), mono=time.monotonic(), cluster_name=self.cluster, spec=spec,
-                        spec_uid=spec_uid, cd=cd, keepers=keepers, proxies=proxies, commands=commands)
+                        spec_uid=spec_uid, cd=cd, keepers=keepers, proxies=proxies, commands=commands,
+                        keeper_leases=keeper_leases, leases_alive=self._absent_leases(cd, keepers))
         return snap, revision, cd_rev
+
+    def _absent_leases(self, cd: ClusterData | None, keepers: dict[str, KeeperStatus]) -> dict[str, bool]:
+        """For the primary (and a transition's old primary) when its status key is gone: whether the
+        lease that key had when we last saw it still exists. A key deleted while its lease lives is
+        not a keeper that lost its lease: decide() does not promote past it."""
+        if cd is None:
+            return {}
+        out: dict[str, bool] = {}
+        for uid in {cd.primary, cd.transition.old if cd.transition else None} - {None}:
+            lid = self.memory.keeper_leases.get(uid)  # type: ignore[arg-type]
+            if uid not in keepers and lid:
+                out[uid] = self.store.lease_alive(lid)  # type: ignore[index]
+        return out
 
     def check(self) -> int:
         """One iteration; returns the store revision it read at."""
@@ -237,8 +271,7 @@ class Sentinel:
 
     def shutdown(self) -> None:
         try:
-            if self.lease:
-                self.store.revoke(self.lease)  # frees leadership at once for the other sentinels
+            self.lease.revoke()  # frees leadership at once for the other sentinels
         except StoreError:
             pass
         logger.info("sentinel %s stopped", self.uid)

@@ -12,12 +12,63 @@ from pathlib import Path
 
 import pytest
 
-from pgha.drill import Events, analyze
+from pgha import netfault
+from pgha.drill import Events, analyze, overlap
 
 
 def events(acks: list[float], errors: list[float] = (), start: float = 0.0, stop: float | None = None) -> Events:
     return Events(acks=[(i + 1, t) for i, t in enumerate(acks)], errors=[(t, "x") for t in errors],
                   started=start, stopped=stop)
+
+
+def served(acks: list[tuple[float, str]]) -> Events:
+    """Acknowledgements with the server that gave each."""
+    ev = Events(acks=[(i + 1, t) for i, (t, _) in enumerate(acks)], started=0.0, stopped=acks[-1][0] + 0.1)
+    ev.servers = {i + 1: srv for i, (_, srv) in enumerate(acks)}
+    return ev
+
+
+def test_overlap_negative_when_the_old_primary_stopped_before_the_new_one_acknowledged() -> None:
+    proxy = served([(t / 10, "10.0.0.11:5433") for t in range(1, 50)] + [(8.5, "10.0.0.12:5433"), (8.6, "10.0.0.12:5433")])
+    direct = served([(t / 10, "10.0.0.11:5433") for t in range(1, 70)])  # the isolated primary until 6.9 s
+    r = overlap({"main": proxy, "direct": direct}, "10.0.0.11:5433", "10.0.0.12:5433", event=5.0)
+    assert r["old_primary_last_ack_s"] == pytest.approx(1.9) and r["new_primary_first_ack_s"] == pytest.approx(3.5)
+    assert r["overlap_s"] == pytest.approx(-1.6) and not r["two_primaries_acknowledged"]
+    assert r["acknowledged_by_server"]["10.0.0.12:5433"]["acknowledged"] == 2
+
+
+def test_overlap_positive_when_both_primaries_acknowledged_at_once() -> None:
+    proxy = served([(1.0, "a:1"), (4.0, "b:1")])
+    direct = served([(1.0, "a:1"), (4.5, "a:1")])
+    r = overlap({"main": proxy, "direct": direct}, "a:1", "b:1", event=2.0)
+    assert r["overlap_s"] == pytest.approx(0.5) and r["two_primaries_acknowledged"]
+
+
+def test_events_file_keeps_the_acknowledging_server(tmp_path: Path) -> None:
+    f = tmp_path / "e"
+    f.write_text("start 1.0\nok 1 1.5 10.0.0.11:5433\nok 2 1.6\nerr 1.7 boom\nstop 2.0\n")
+    ev = Events.load(f)
+    assert ev.acks == [(1, 1.5), (2, 1.6)] and ev.servers == {1: "10.0.0.11:5433"}
+
+
+def test_partition_rules_cut_the_peers_and_keep_the_controller() -> None:
+    rules = netfault.ruleset("pgha_drill_main", ["10.0.0.12", "10.0.0.13"], ["10.0.0.1"], None)
+    assert "ip saddr { 10.0.0.1 } accept" in rules and "ip daddr { 10.0.0.1 } accept" in rules
+    assert rules.index("10.0.0.1 } accept") < rules.index("10.0.0.12, 10.0.0.13 } drop")
+    assert "ip saddr { 10.0.0.12, 10.0.0.13 } drop" in rules and "ip daddr { 10.0.0.12, 10.0.0.13 } drop" in rules
+    store_only = netfault.ruleset("pgha_drill_main", ["10.0.0.12"], [], [12380, 12379])
+    assert "tcp dport { 12379, 12380 } drop" in store_only and "tcp sport { 12379, 12380 } drop" in store_only
+    assert " drop\n" not in store_only.replace("} drop\n", "")  # nothing cut beyond those ports
+
+
+@pytest.mark.parametrize("peers,keep,ports,why", [
+    ([], [], None, "no peer"), (["h2"], [], None, "not an IP"), (["10.0.0.2"], ["x"], None, "not an IP"),
+    (["10.0.0.2"], [], [0], "out of range")])
+def test_partition_refuses_bad_input(peers, keep, ports, why) -> None:
+    with pytest.raises(netfault.FaultError, match=why):
+        netfault.ruleset("pgha_drill_main", peers, keep, ports)
+    with pytest.raises(netfault.FaultError, match="partition name"):
+        netfault.table_name("Bad-Name")
 
 
 def test_outage_is_the_longest_gap_after_the_kill() -> None:

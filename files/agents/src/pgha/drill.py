@@ -30,6 +30,10 @@ from typing import Any, Iterable
 import psycopg2
 
 from pgha.log import redact
+from pgha.procs import descendants, pid_alive, signal_tree
+
+# marker names of the disruption a drill measures from, in the order they are looked for
+DISRUPTIONS = ("kill", "crash", "freeze", "switchover", "partition", "disrupt")
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Events:
     errors: list[tuple[float, str]] = field(default_factory=list)
     started: float | None = None
     stopped: float | None = None
+    servers: dict[int, str] = field(default_factory=dict)  # id -> "address:port" of the PostgreSQL that acknowledged
 
     @staticmethod
     def load(path: str | Path) -> "Events":
@@ -48,7 +53,10 @@ class Events:
                 continue
             kind = parts[0]
             if kind == "ok" and len(parts) >= 3:
-                ev.acks.append((int(parts[1]), float(parts[2])))
+                at, _, server = parts[2].partition(" ")
+                ev.acks.append((int(parts[1]), float(at)))
+                if server:
+                    ev.servers[int(parts[1])] = server
             elif kind == "err" and len(parts) >= 2:
                 ev.errors.append((float(parts[1]), parts[2] if len(parts) > 2 else ""))
             elif kind == "start":
@@ -80,8 +88,11 @@ def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float)
                                     "at timestamptz DEFAULT now())")
                 n += 1
                 with conn.cursor() as cur:
-                    cur.execute(f'INSERT INTO "{table}" (id) VALUES (%s)', (n,))
-                f.write(f"ok {n} {time.time():.6f}\n")
+                    # which PostgreSQL acknowledged it (through a proxy: the one it routed to)
+                    cur.execute(f'INSERT INTO "{table}" (id) VALUES (%s) '
+                                "RETURNING coalesce(host(inet_server_addr()), 'local'), inet_server_port()", (n,))
+                    addr, port = cur.fetchone()
+                f.write(f"ok {n} {time.time():.6f} {addr}:{port}\n")
                 stop.wait(interval)
             except psycopg2.Error as exc:
                 msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -109,9 +120,9 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
     ``markers`` must hold the disruption time under ``kill`` (or ``switchover``, ``freeze``).
     The unavailability is the longest gap between two consecutive acknowledgements that spans or
     follows the disruption; with no acknowledgement after it, it runs to the end of the probe."""
-    event = next((markers[k] for k in ("kill", "crash", "freeze", "switchover", "disrupt") if k in markers), None)
+    event = next((markers[k] for k in DISRUPTIONS if k in markers), None)
     if event is None:
-        raise ValueError("markers need the disruption time: kill, crash, freeze or switchover")
+        raise ValueError("markers need the disruption time: " + ", ".join(DISRUPTIONS))
     times = [t for _, t in ev.acks]
     before = [t for t in times if t <= event]
     after = [t for t in times if t > event]
@@ -134,12 +145,6 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
     resumed = worst[2] if first_after is not None else None
     timeline["first_successful_write"] = resumed
     t0 = ev.started if ev.started is not None else (times[0] if times else event)
-    nbuckets = int((end - t0) / bucket) + 1 if end > t0 else 1
-    series = [0] * nbuckets
-    for t in times:
-        i = int((t - t0) / bucket)
-        if 0 <= i < nbuckets:
-            series[i] += 1
     # every outage a client would notice: gaps well above the write interval
     typical = sorted(b - a for a, b in zip(times, times[1:]))
     floor = max(0.2, 5 * typical[len(typical) // 2]) if typical else 0.2
@@ -156,7 +161,44 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
         "events": {k: (round(v - event, 3) if v is not None else None) for k, v in sorted(
             timeline.items(), key=lambda kv: kv[1] if kv[1] is not None else float("inf"))},
         "events_wall": timeline,
-        "series": {"start": t0, "bucket_s": bucket, "writes": series},
+        "series": {"start": t0, "bucket_s": bucket, "writes": series(ev, t0, end, bucket)},
+    }
+
+
+def by_server(workloads: dict[str, Events]) -> dict[str, dict[str, Any]]:
+    """For each PostgreSQL that acknowledged writes: how many, and the first and last (wall time)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, ev in workloads.items():
+        for i, t in ev.acks:
+            server = ev.servers.get(i, "unknown")
+            row = out.setdefault(server, {"acknowledged": 0, "first": t, "last": t, "workloads": []})
+            row["acknowledged"] += 1
+            row["first"], row["last"] = min(row["first"], t), max(row["last"], t)
+            if name not in row["workloads"]:
+                row["workloads"].append(name)
+    return out
+
+
+def overlap(workloads: dict[str, Events], old: str, new: str, event: float) -> dict[str, Any]:
+    """Did two primaries acknowledge writes at once? ``old`` and ``new`` are the two primaries'
+    "address:port". ``overlap_s`` is the old primary's last acknowledgement after ``event`` minus the
+    new primary's first: negative when the old one had stopped before the new one acknowledged
+    anything (the fencing held), positive for how long both accepted writes."""
+    servers = by_server(workloads)
+    old_last = max((t for ev in workloads.values() for i, t in ev.acks
+                    if ev.servers.get(i) == old), default=None)
+    new_first = min((t for ev in workloads.values() for i, t in ev.acks
+                     if ev.servers.get(i) == new and t > event), default=None)
+    value = round(old_last - new_first, 3) if old_last is not None and new_first is not None else None
+    return {
+        "old_primary_server": old,
+        "new_primary_server": new,
+        "old_primary_last_ack_s": round(old_last - event, 3) if old_last is not None else None,
+        "new_primary_first_ack_s": round(new_first - event, 3) if new_first is not None else None,
+        "overlap_s": value,
+        "two_primaries_acknowledged": value is not None and value >= 0,
+        "acknowledged_by_server": {k: {**v, "first": round(v["first"] - event, 3), "last": round(v["last"] - event, 3)}
+                                   for k, v in sorted(servers.items())},
     }
 
 
@@ -177,6 +219,17 @@ def missing_ids(ev: Events, dsn: str, table: str, password: str | None = None) -
     return missing(psycopg2.connect(dsn, connect_timeout=5, **kw), table, (i for i, _ in ev.acks))
 
 
+def series(ev: Events, t0: float, end: float, bucket: float = 0.1) -> list[int]:
+    """Acknowledgements per ``bucket`` seconds from ``t0`` to ``end``."""
+    n = int((end - t0) / bucket) + 1 if end > t0 else 1
+    out = [0] * n
+    for _, t in ev.acks:
+        i = int((t - t0) / bucket)
+        if 0 <= i < n:
+            out[i] += 1
+    return out
+
+
 def chart(report: dict[str, Any], path: Path, title: str) -> bool:
     try:
         import matplotlib
@@ -188,11 +241,18 @@ def chart(report: dict[str, Any], path: Path, title: str) -> bool:
     s = report["series"]
     xs = [i * s["bucket_s"] for i in range(len(s["writes"]))]
     fig, ax = plt.subplots(figsize=(11, 3.8))
-    ax.bar(xs, s["writes"], width=s["bucket_s"], align="edge", color="#4c72b0")
-    colors = {"kill": "#c44e52", "crash": "#c44e52", "freeze": "#c44e52", "switchover": "#c44e52", "resume": "#8172b2",
+    others = report.get("workloads", {})
+    ax.bar(xs, s["writes"], width=s["bucket_s"], align="edge", color="#4c72b0",
+           label="writes through the proxy" if others else None)
+    for (name, w), color in zip(sorted(others.items()), ("#dd8452", "#8c564b", "#17becf")):
+        ys = w["series"]
+        ax.bar([i * s["bucket_s"] for i in range(len(ys))], ys, width=s["bucket_s"], align="edge", color=color,
+               alpha=0.6, label=f"{name} writes ({w.get('description', '')})".replace(" ()", ""))
+    colors = {"kill": "#c44e52", "crash": "#c44e52", "freeze": "#c44e52", "switchover": "#c44e52",
+              "partition": "#c44e52", "resume": "#8172b2", "heal": "#8172b2",
               "detection": "#dd8452", "election": "#937860", "promotion": "#55a868",
               "first_successful_write": "#2ca02c"}
-    event_t = next((report["events_wall"][k] for k in ("kill", "crash", "freeze", "switchover", "disrupt")
+    event_t = next((report["events_wall"][k] for k in DISRUPTIONS
                     if report["events_wall"].get(k) is not None), s["start"])
     for name, t in sorted(report["events_wall"].items(), key=lambda kv: kv[1] if kv[1] is not None else 0):
         if t is None:
@@ -202,8 +262,12 @@ def chart(report: dict[str, Any], path: Path, title: str) -> bool:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.set_xlabel("seconds since the probe started")
     ax.set_ylabel(f"writes per {int(s['bucket_s'] * 1000)} ms")
-    ax.set_title(f"{title}\nwrites unavailable {report['rto_s']}s, "
-                 f"{report.get('lost_acknowledged_writes', '?')} acknowledged writes lost", fontsize=10)
+    sub = (f"writes unavailable {report['rto_s']}s, "
+           f"{report.get('lost_acknowledged_writes', '?')} acknowledged writes lost")
+    ov = (report.get("overlap") or {}).get("overlap_s")
+    if ov is not None:
+        sub += f", overlap of the two primaries {ov:+.2f}s"
+    ax.set_title(f"{title}\n{sub}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -211,53 +275,6 @@ def chart(report: dict[str, Any], path: Path, title: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- disruption
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (PostgreSQL backends are their own process-group leaders,
-    so signalling the postmaster's group would miss them)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def signal_tree(pid: int | None, sig: int) -> int:
-    """Signal ``pid`` and its descendants (children first when stopping, parent first otherwise)."""
-    if not pid:
-        return 0
-    pids = descendants(pid)
-    order = pids + [pid] if sig in (signal.SIGSTOP, signal.SIGKILL) else [pid] + pids
-    n = 0
-    for p in order:
-        try:
-            os.kill(p, sig)
-            n += 1
-        except ProcessLookupError:
-            pass
-    return n
 
 
 def keeper_processes(data_dir: str | Path) -> dict[str, int | None]:
@@ -269,7 +286,7 @@ def keeper_processes(data_dir: str | Path) -> dict[str, int | None]:
             pid = int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        if _pid_alive(pid):
+        if pid_alive(pid):
             out[name] = pid
     return out
 
@@ -320,7 +337,7 @@ def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | 
             n = signal_tree(pid, signal.SIGCONT)
             if n:
                 done.append(f"SIGCONT {name} {pid} ({n} processes)")
-        if sup and _pid_alive(sup):
+        if sup and pid_alive(sup):
             os.kill(sup, signal.SIGCONT)
             done.append(f"SIGCONT supervisor {sup}")
     else:
@@ -347,7 +364,7 @@ def start_probe(dsn: str, table: str, out: str | Path, password: str | None = No
 
 def stop_probe(pid: int, timeout: float = 30) -> bool:
     """SIGTERM the probe and wait for it; True when it was running."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -356,7 +373,7 @@ def stop_probe(pid: int, timeout: float = 30) -> bool:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return True
         except ChildProcessError:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
@@ -369,13 +386,49 @@ def stop_probe(pid: int, timeout: float = 30) -> bool:
 def report(events: str | Path, markers: dict[str, float], transition: dict[str, Any] | None, dsn: str,
            table: str, out_json: str | Path, out_png: str | Path | None = None, title: str = "",
            max_rto: float | None = None, max_lost: int | None = None,
-           extra: dict[str, Any] | None = None, password: str | None = None) -> dict[str, Any]:
-    """Analyze a probe's events, read the acknowledged ids back, write JSON (and PNG)."""
+           extra: dict[str, Any] | None = None, password: str | None = None,
+           others: dict[str, dict[str, str]] | None = None, old_server: str | None = None,
+           new_server: str | None = None, max_overlap: float | None = None) -> dict[str, Any]:
+    """Analyze a probe's events, read the acknowledged ids back, write JSON (and PNG).
+
+    ``others``: more workloads run during the same drill ({name: {"events", "table",
+    "description"}}, e.g. a client writing straight to the old primary); their acknowledged ids are
+    read back too and count in ``lost_acknowledged_writes``. With ``old_server`` and
+    ``new_server`` ("address:port" of the old and the new primary) the report gives the
+    ``overlap`` (see ``overlap()``); ``max_overlap`` fails the drill when it is not below it."""
     ev = Events.load(events)
     rep = analyze(ev, markers, transition)
     lost = missing_ids(ev, dsn, table, password=password)
-    rep["lost_acknowledged_writes"] = len(lost)
+    total_lost = len(lost)
+    workloads = {"main": ev}
+    event = next(markers[k] for k in DISRUPTIONS if k in markers)
+    if others:
+        rep["workloads"] = {}
+        t0, end = rep["series"]["start"], ev.stopped if ev.stopped is not None else event
+        for name, w in sorted(others.items()):
+            oev = Events.load(w["events"])
+            workloads[name] = oev
+            olost = missing_ids(oev, dsn, w["table"], password=password)
+            total_lost += len(olost)
+            after = [t for _, t in oev.acks if t > event]
+            rep["workloads"][name] = {
+                "description": w.get("description", ""),
+                "acknowledged_writes": len(oev.acks),
+                "client_errors": len(oev.errors),
+                "lost_acknowledged_writes": len(olost),
+                "lost_ids": olost[:100],
+                "last_ack_after_event_s": round(after[-1] - event, 3) if after else None,
+                "series": series(oev, t0, max(end, oev.stopped or end), rep["series"]["bucket_s"]),
+            }
+    rep["main_lost_acknowledged_writes"] = len(lost)
+    rep["lost_acknowledged_writes"] = total_lost
     rep["lost_ids"] = lost[:100]
+    if old_server and new_server and old_server != new_server:
+        rep["overlap"] = overlap(workloads, old_server, new_server, event)
+    elif old_server:
+        rep["acknowledged_by_server"] = {k: {**v, "first": round(v["first"] - event, 3),
+                                             "last": round(v["last"] - event, 3)}
+                                         for k, v in sorted(by_server(workloads).items())}
     rep.update(extra or {})
     if out_png:
         drawn = chart(rep, Path(out_png), title or "pgha failover drill: the client's view")
@@ -383,11 +436,16 @@ def report(events: str | Path, markers: dict[str, float], transition: dict[str, 
     budgets = []
     if max_rto is not None and rep["rto_s"] > max_rto:
         budgets.append(f"write unavailability {rep['rto_s']}s > budget {max_rto}s")
-    if max_lost is not None and len(lost) > max_lost:
-        budgets.append(f"{len(lost)} acknowledged writes lost > budget {max_lost}")
+    if max_lost is not None and total_lost > max_lost:
+        budgets.append(f"{total_lost} acknowledged writes lost > budget {max_lost}")
+    ov = (rep.get("overlap") or {}).get("overlap_s")
+    if max_overlap is not None and ov is not None and ov >= max_overlap:
+        budgets.append(f"two primaries acknowledged writes: overlap {ov}s >= budget {max_overlap}s")
     rep["budget_violations"] = budgets
-    rep["summary"] = (f"writes unavailable {rep['rto_s']}s, {len(lost)} acknowledged writes lost of "
-                      f"{rep['acknowledged_writes']}" + ("; BUDGET EXCEEDED: " + "; ".join(budgets) if budgets else ""))
+    rep["summary"] = (f"writes unavailable {rep['rto_s']}s, {total_lost} acknowledged writes lost of "
+                      f"{sum(len(w.acks) for w in workloads.values())}"
+                      + (f", overlap {ov:+.3f}s" if ov is not None else "")
+                      + ("; BUDGET EXCEEDED: " + "; ".join(budgets) if budgets else ""))
     Path(out_json).write_text(json.dumps(rep, indent=2, sort_keys=True))
     return rep
 
@@ -416,7 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--title", default="pgha failover drill: the client's view")
     sp.add_argument("--extra", default="{}", help="JSON object merged into the report (e.g. keepers before/after)")
     sp.add_argument("--max-rto", type=float, help="fail when the write unavailability exceeds this (seconds)")
-    sp.add_argument("--max-lost", type=int, help="fail when more acknowledged writes are missing")
+    sp.add_argument("--max-lost", type=int, help="fail when more acknowledged writes are missing (all workloads)")
+    sp.add_argument("--other", action="append", default=[], metavar="NAME=EVENTS:TABLE",
+                    help="another workload of the same drill (e.g. a client writing to the old primary directly)")
+    sp.add_argument("--old-server", help="address:port of the old primary (for the overlap)")
+    sp.add_argument("--new-server", help="address:port of the new primary (for the overlap)")
+    sp.add_argument("--max-overlap", type=float,
+                    help="fail unless the old primary's last acknowledgement precedes the new one's first by more "
+                         "than this (seconds; 0: never two primaries at once)")
     args = p.parse_args(argv)
     if args.command == "probe":
         return probe(args.dsn, args.table, Path(args.out), args.interval, args.max_duration)
@@ -426,9 +491,17 @@ def main(argv: list[str] | None = None) -> int:
         extra = json.loads(args.extra)
     except (ValueError, TypeError, AttributeError) as exc:
         p.error(f"--markers/--transition/--extra must be JSON: {exc}")
+    others: dict[str, dict[str, str]] = {}
+    for item in args.other:
+        name, _, rest = item.partition("=")
+        events, _, table = rest.rpartition(":")
+        if not name or not events or not table:
+            p.error(f"--other {item!r}: expected NAME=EVENTS:TABLE")
+        others[name] = {"events": events, "table": table}
     try:
         rep = report(args.events, markers, transition, args.dsn, args.table, args.out_json, args.out_png,
-                     args.title, args.max_rto, args.max_lost, extra)
+                     args.title, args.max_rto, args.max_lost, extra, others=others or None,
+                     old_server=args.old_server, new_server=args.new_server, max_overlap=args.max_overlap)
     except ValueError as exc:
         p.error(str(exc))
     except psycopg2.Error as exc:

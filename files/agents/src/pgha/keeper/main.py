@@ -117,6 +117,8 @@ class Keeper:
         self.fenced = True  # no lease yet: never a primary before the first grant
         self._fence_lock = threading.Lock()
         self._lapse_logged = False
+        self.fence_lifted_at = 0.0  # monotonic time the fence last lifted
+        self.cd_read_at = -1.0  # monotonic time the last successful read of the cluster data started
         # local state
         self.state_path = self.data_dir / "state.json"
         self.local_state: dict[str, Any] = {}
@@ -171,6 +173,9 @@ class Keeper:
                                age if age is not None else -1, self.lease.ttl, fence_margin(self.lease.ttl))
             elif not lapsed and self.fenced:
                 self.fenced = False
+                # what we read before the lapse may be out of date (a failover happened meanwhile, say):
+                # nothing is done on it until the cluster data has been read again
+                self.fence_lifted_at = time.monotonic()
                 if self._lapse_logged:
                     self._lapse_logged = False
                     logger.info("lease renewed: fencing lifted (the sentinel decides our role again)")
@@ -341,7 +346,9 @@ class Keeper:
 
     # ================================================================== desired state
     def read_cd(self) -> bool:
+        started = time.monotonic()
         kv = self.store.get(self.keys.clusterdata)
+        self.cd_read_at = started
         if kv is None:
             self.cd, self.cd_rev = None, 0
             return True
@@ -388,7 +395,8 @@ class Keeper:
         # grow with the size of the cluster.
         changed, ok, last_read = True, False, 0.0
         while not self.stopping.is_set():
-            if changed or not ok or time.monotonic() - last_read >= REREAD_EVERY * self.spec["sleep_interval"]:
+            stale = self.cd_read_at < self.fence_lifted_at
+            if changed or not ok or stale or time.monotonic() - last_read >= REREAD_EVERY * self.spec["sleep_interval"]:
                 try:
                     ok = self.read_cd()
                     last_read = time.monotonic()
@@ -408,6 +416,8 @@ class Keeper:
                 self.stopping.wait(self.spec["sleep_interval"])
 
     def step(self) -> None:
+        if self.cd_read_at < self.fence_lifted_at:
+            return  # read before our lease lapsed: the main loop reads it again first
         cd = self.cd
         want: KeeperSpec | None = cd.keepers.get(self.uid) if cd else None
         follow_addr = None

@@ -243,6 +243,12 @@ class EtcdStore(Store):
             ep = self.endpoints[(self._preferred + step) % n]
             conn = self._connect(ep, timeout)
             try:
+                # an endpoint that cannot be reached is no answer at all, not "nothing changed"
+                conn.connect()
+            except OSError:
+                conn.close()
+                continue
+            try:
                 conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 if resp.status != 200:

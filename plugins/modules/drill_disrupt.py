@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: drill_disrupt
-short_description: Crash, freeze or resume one pgha keeper and its PostgreSQL (local platform)
+short_description: Crash, freeze or resume one pgha keeper, or cut its host off the network (local platform)
 version_added: 0.1.0
 description:
   - V(crash) sends SIGKILL to the keeper and to its PostgreSQL's whole process group. When
@@ -16,13 +16,18 @@ description:
     V(resume) lets it restart the keeper.
   - V(freeze) sends SIGSTOP to the keeper and to its PostgreSQL; V(resume) sends SIGCONT.
   - Finds the processes from the keeper's data directory (its lock file and postmaster.pid).
-  - Runs on the host of the keeper.
+  - V(partition) cuts this host off from O(peers) with an nftables table of its own (both
+    directions, established connections included), or only the TCP O(ports) when given; the
+    addresses in O(keep) (the controller running the drill) keep their access. V(heal) removes it.
+    A timer removes it anyway after O(heal_after) seconds, so a drill that stops halfway never
+    leaves a host cut off. Needs nftables on the host.
+  - Runs on the host of the keeper (or, for a partition, the host to cut off).
 author:
   - pgha developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
-    description: Reports the processes it would signal.
+    description: Reports the processes it would signal, or the rules it would add.
   diff_mode:
     support: none
     description: Nothing to compare.
@@ -30,15 +35,37 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [crash, freeze, resume]
+    choices: [crash, freeze, resume, partition, heal]
     required: true
   data_dir:
-    description: The keeper's C(--data-dir).
+    description: The keeper's C(--data-dir) (V(crash), V(freeze), V(resume)).
     type: path
-    required: true
   supervisor_pidfile:
     description: Pidfile of the supervisord that runs the keeper (paused during a crash drill).
     type: path
+  name:
+    description: Name of the partition (its nftables table is C(pgha_drill_<name>)).
+    type: str
+    default: main
+  peers:
+    description: Addresses to cut this host off from (V(partition)).
+    type: list
+    elements: str
+    default: []
+  keep:
+    description: Addresses that keep their access (the controller).
+    type: list
+    elements: str
+    default: []
+  ports:
+    description: Cut only the TCP traffic to and from these ports (for example the store's).
+    type: list
+    elements: int
+    default: []
+  heal_after:
+    description: Seconds after which the partition heals on its own.
+    type: float
+    default: 120
 """
 
 EXAMPLES = r"""
@@ -54,6 +81,17 @@ EXAMPLES = r"""
     action: resume
     data_dir: /opt/pgha/main/data/keepers/keeper1
     supervisor_pidfile: /opt/pgha/main/run/supervisord.pid
+
+- name: Cut the primary's host off from the other two, the controller excepted
+  pgha.cluster.drill_disrupt:
+    action: partition
+    peers: [10.0.0.12, 10.0.0.13]
+    keep: [10.0.0.1]
+    heal_after: 60
+
+- name: Heal it
+  pgha.cluster.drill_disrupt:
+    action: heal
 """
 
 RETURN = r"""
@@ -64,15 +102,30 @@ at:
   sample: 1795000000.123
 signals:
   description: What was signalled.
-  returned: success
+  returned: when O(action) is V(crash), V(freeze) or V(resume)
   type: list
   elements: str
   sample: ["SIGSTOP supervisor 811", "SIGKILL keeper 901", "SIGKILL PostgreSQL process group 930"]
 pids:
   description: The keeper's and the postmaster's pids found.
-  returned: success
+  returned: when O(action) is V(crash), V(freeze) or V(resume)
   type: dict
   sample: {"keeper": 901, "postmaster": 930}
+table:
+  description: The nftables table of the partition.
+  returned: when O(action) is V(partition) or V(heal)
+  type: str
+  sample: pgha_drill_main
+rules:
+  description: The nftables script of the partition.
+  returned: when O(action) is V(partition)
+  type: str
+  sample: "table inet pgha_drill_main { ... }"
+healed:
+  description: Whether there was a partition to remove.
+  returned: when O(action) is V(heal)
+  type: bool
+  sample: true
 """
 
 import os
@@ -85,19 +138,52 @@ try:
     from pgha import drill
 except ImportError:  # reported by require_pgha
     drill = None
+try:
+    from pgha import netfault
+except ImportError:  # a pgha older than the partition drills
+    netfault = None
+
+
+def _network(module):
+    p = module.params
+    if netfault is None:
+        module.fail_json(msg="the pgha installed on this host has no network faults (pgha.netfault): upgrade the "
+                             "agents (playbooks/upgrade.yml) before a partition drill")
+    try:
+        if p["action"] == "partition":
+            if module.check_mode:
+                rules = netfault.ruleset(netfault.table_name(p["name"]), p["peers"], p["keep"], p["ports"])
+                module.exit_json(changed=True, at=0.0, table=netfault.table_name(p["name"]), rules=rules)
+            res = netfault.partition(p["name"], p["peers"], p["keep"], p["ports"], p["heal_after"])
+            module.exit_json(changed=True, **res)
+        if module.check_mode:
+            module.exit_json(changed=True, at=0.0, table=netfault.table_name(p["name"]), healed=False)
+        res = netfault.heal(p["name"])
+        module.exit_json(changed=res["healed"], **res)
+    except (netfault.FaultError, OSError) as exc:
+        module.fail_json(msg="%s failed: %s" % (p["action"], exc))
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", choices=["crash", "freeze", "resume"], required=True),
-            data_dir=dict(type="path", required=True),
+            action=dict(type="str", choices=["crash", "freeze", "resume", "partition", "heal"], required=True),
+            data_dir=dict(type="path"),
             supervisor_pidfile=dict(type="path"),
+            name=dict(type="str", default="main"),
+            peers=dict(type="list", elements="str", default=[]),
+            keep=dict(type="list", elements="str", default=[]),
+            ports=dict(type="list", elements="int", default=[]),
+            heal_after=dict(type="float", default=120),
         ),
+        required_if=[("action", "crash", ["data_dir"]), ("action", "freeze", ["data_dir"]),
+                     ("action", "resume", ["data_dir"]), ("action", "partition", ["peers"])],
         supports_check_mode=True,
     )
     require_pgha(module)
     p = module.params
+    if p["action"] in ("partition", "heal"):
+        _network(module)
     if not os.path.isdir(p["data_dir"]):
         module.fail_json(msg="no keeper data directory %s on this host" % p["data_dir"])
     if module.check_mode:

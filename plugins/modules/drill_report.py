@@ -14,7 +14,11 @@ description:
     cluster's last transition timeline, reads every acknowledged id back through O(dsn), and
     writes a JSON report and a PNG chart (successful writes per 100 ms, events marked; the chart
     needs matplotlib on the host).
-  - Fails when O(max_rto) or O(max_lost) is exceeded, after writing the report.
+  - With O(others), more workloads of the same drill (a client writing straight to the old
+    primary, a client of a proxy cut off from the store) are read back and charted too. With
+    O(old_server) and O(new_server) the report says which PostgreSQL acknowledged each write and
+    the overlap of the two primaries (the old one's last acknowledgement minus the new one's first).
+  - Fails when O(max_rto), O(max_lost) or O(max_overlap) is exceeded, after writing the report.
 author:
   - pgha developers (!UNKNOWN)
 attributes:
@@ -30,7 +34,7 @@ options:
     type: path
     required: true
   markers:
-    description: Wall-clock times of the drill's events; must contain V(kill), V(freeze) or V(switchover).
+    description: Wall-clock times of the drill's events; must contain V(kill), V(crash), V(freeze), V(switchover) or V(partition).
     type: dict
     required: true
   transition:
@@ -62,8 +66,40 @@ options:
     description: Budget for the write unavailability, seconds.
     type: float
   max_lost:
-    description: Budget for acknowledged writes lost.
+    description: Budget for acknowledged writes lost (all workloads).
     type: int
+  others:
+    description: More workloads of the drill.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The workload's name in the report.
+        type: str
+        required: true
+      events:
+        description: Its probe's events file.
+        type: path
+        required: true
+      table:
+        description: Its probe's table.
+        type: str
+        required: true
+      description:
+        description: What it does (in the report and the chart's legend).
+        type: str
+        default: ""
+  old_server:
+    description: C(address:port) of the old primary's PostgreSQL.
+    type: str
+  new_server:
+    description: C(address:port) of the new primary's PostgreSQL.
+    type: str
+  max_overlap:
+    description: Budget for the overlap of the two primaries, seconds; V(0) fails the drill when both
+      acknowledged writes at the same time.
+    type: float
   extra:
     description: Merged into the report (e.g. the keepers before and after).
     type: dict
@@ -97,10 +133,16 @@ total_unavailable_s:
   type: float
   sample: 4.1
 lost_acknowledged_writes:
-  description: Acknowledged writes missing afterwards.
+  description: Acknowledged writes missing afterwards (all workloads).
   returned: success
   type: int
   sample: 0
+overlap:
+  description: Which PostgreSQL acknowledged writes, when, and the overlap of the two primaries.
+  returned: when O(old_server) and O(new_server) differ
+  type: dict
+  sample: {"overlap_s": -1.52, "old_primary_last_ack_s": 1.83, "new_primary_first_ack_s": 3.35,
+           "two_primaries_acknowledged": false}
 events:
   description: Seconds from the disruption to each event (detection, election, promotion, first successful write).
   returned: success
@@ -145,6 +187,15 @@ def main():
             max_rto=dict(type="float"),
             max_lost=dict(type="int"),
             extra=dict(type="dict", default={}),
+            others=dict(type="list", elements="dict", default=[], options=dict(
+                name=dict(type="str", required=True),
+                events=dict(type="path", required=True),
+                table=dict(type="str", required=True),
+                description=dict(type="str", default=""),
+            )),
+            old_server=dict(type="str"),
+            new_server=dict(type="str"),
+            max_overlap=dict(type="float"),
         ),
         supports_check_mode=False,
     )
@@ -154,7 +205,8 @@ def main():
         markers = dict((k, float(v)) for k, v in p["markers"].items())
         rep = drill.report(p["events"], markers, p["transition"], p["dsn"], p["table"], p["report_json"],
                            p["report_png"], p["title"], p["max_rto"], p["max_lost"], p["extra"],
-                           password=p["password"])
+                           password=p["password"], others=dict((o["name"], o) for o in p["others"]) or None,
+                           old_server=p["old_server"], new_server=p["new_server"], max_overlap=p["max_overlap"])
     except (ValueError, TypeError) as exc:
         module.fail_json(msg="cannot analyze the drill: %s" % exc)
     except (psycopg2.Error, OSError) as exc:
@@ -163,6 +215,8 @@ def main():
                   lost_acknowledged_writes=rep["lost_acknowledged_writes"],
                   events=rep["events"], summary=rep["summary"], budget_violations=rep["budget_violations"],
                   report_json=p["report_json"], chart=rep.get("chart"))
+    if "overlap" in rep:
+        result["overlap"] = dict((k, v) for k, v in rep["overlap"].items() if k != "acknowledged_by_server")
     if rep["budget_violations"]:
         module.fail_json(msg="drill over budget: " + "; ".join(rep["budget_violations"]), **result)
     module.exit_json(**result)

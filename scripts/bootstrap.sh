@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this machine for building and testing pgha. Idempotent and quiet when nothing is to do.
 #
-#   scripts/bootstrap.sh [STEP...]     steps: system user venvs collections (default: all of them)
+#   scripts/bootstrap.sh [STEP...]     steps: system user venvs collections (default: all of them),
+#                                      and wheelhouse (only when named)
 #
 # system       Debian packages the tests and `make up` need (root only; installs only what is missing)
 # user         the unprivileged OS user the agents run as when tests run as root (PostgreSQL refuses root)
@@ -9,6 +10,8 @@
 # collections  Ansible collections from requirements.yml into collections/, from Galaxy or, when Galaxy
 #              cannot be reached, from the community `ansible` wheel on PyPI; also an offline stand-in
 #              for the get-pip script ansible-test downloads (scripts/ansible-test-get-pip.py)
+# wheelhouse   every wheel the agents' venv needs, for hosts without a package index (the role's
+#              pgha_pip_wheelhouse): into PGHA_WHEELHOUSE (default $PGHA_CACHE/wheelhouse)
 #
 # Environment: VENV (default <repo>/.venv), AGENT_VENV (/opt/pgha/venv), PYTHON (/usr/bin/python3),
 # PGHA_TEST_USER (pghatest), PGHA_CACHE (~/.cache/pgha), GALAXY_TIMEOUT (seconds, default 30).
@@ -55,6 +58,11 @@ step_system() {
     [ -x "$PG_BIN/postgres" ] || want+=(postgresql-15)
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || want+=(python3-venv)
     for pkg in libpq-dev gcc python3-dev; do have_pkg "$pkg" || want+=("$pkg"); done
+    # the test hosts (scripts/testhosts.py): namespace hosts run tini and sshd, systemd hosts are
+    # systemd-nspawn containers on a debootstrapped rootfs, partitions are nftables rules
+    for pkg in tini openssh-server openssh-client systemd-container debootstrap nftables; do
+        have_pkg "$pkg" || want+=("$pkg")
+    done
     [ "${#want[@]}" -eq 0 ] && return 0
     if ! is_root; then
         log "missing system packages (install them as root): ${want[*]}"
@@ -202,13 +210,27 @@ import sys; print(g(C(version="%d.%d" % sys.version_info[:2], path=sys.executabl
     collections_present || die "collections from the ansible wheel do not match requirements.yml"
 }
 
+# ------------------------------------------------------------------------------------ wheelhouse
+step_wheelhouse() {
+    local dir="${PGHA_WHEELHOUSE:-$PGHA_CACHE/wheelhouse}" stamp supervisor
+    supervisor="$(sed -n 's/^pgha_supervisor_version: *//p' "$ROOT/roles/pgha/defaults/main.yml")"
+    stamp="$( { cat "$ROOT/files/agents/requirements.txt"; echo "supervisor==$supervisor"; } | stamp_of /dev/stdin)"
+    [ "$(cat "$dir/.pgha-stamp" 2>/dev/null)" = "$stamp" ] && { echo "$dir"; return 0; }
+    log "downloading the agents' wheels into $dir"
+    mkdir -p "$dir"
+    run_logged "$PGHA_CACHE/pip-wheelhouse.log" "$AGENT_VENV/bin/pip" download -q --only-binary=:all: -d "$dir" \
+        -r "$ROOT/files/agents/requirements.txt" "supervisor==$supervisor" 'setuptools>=70.1' wheel
+    echo "$stamp" >"$dir/.pgha-stamp"
+    echo "$dir"
+}
+
 # ------------------------------------------------------------------------------------------ main
 mkdir -p "$PGHA_CACHE"
 steps=("$@")
 [ "${#steps[@]}" -eq 0 ] && steps=(system user venvs collections)
 for s in "${steps[@]}"; do
     case "$s" in
-        system|user|venvs|collections) "step_$s" ;;
-        *) die "unknown step '$s' (system, user, venvs, collections)" ;;
+        system|user|venvs|collections|wheelhouse) "step_$s" ;;
+        *) die "unknown step '$s' (system, user, venvs, collections, wheelhouse)" ;;
     esac
 done

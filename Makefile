@@ -23,7 +23,7 @@ SHELL := /bin/bash
 YAML_FILES = $(shell find . \( -path ./.venv -o -path ./collections -o -path ./.git -o -path '*/tests/output' \) -prune \
                -o -type f \( -name '*.yml' -o -name '*.yaml' \) -print 2>/dev/null | head -n 1)
 
-.PHONY: help up test lint test-engine test-collection venv bootstrap agents clean bench
+.PHONY: help up test lint test-engine test-collection venv bootstrap agents clean bench wheelhouse
 
 help:
 	@echo "make up               install what is missing, then bring a local cluster up (playbooks/site.yml)"
@@ -32,6 +32,7 @@ help:
 	@echo "make test-engine      pytest files/agents/tests against the agents venv ($(AGENT_VENV))"
 	@echo "make test-collection  scripts/test-collection.sh, when present"
 	@echo "make venv             create/update $(VENV) and $(AGENT_VENV)"
+	@echo "make wheelhouse       the agents' wheels for hosts without a package index (pgha_pip_wheelhouse)"
 	@echo "make bench            side-by-side benchmarks (pgha vs Patroni vs HAProxy; ~40 min): bench/results, docs/img"
 	@echo "make clean            remove build output, the dev venv, unpacked collections and test output"
 
@@ -40,6 +41,9 @@ bootstrap:
 
 venv:
 	@scripts/bootstrap.sh venvs
+
+wheelhouse:
+	@scripts/bootstrap.sh venvs wheelhouse
 
 # Install the current pgha into the agents' venv (non-editable, like a deployment; always rebuilt so
 # the agents run the working tree's code). The dev venv has it editable already.
@@ -64,7 +68,7 @@ up: bootstrap agents
 test: lint test-engine test-collection
 
 lint: bootstrap
-	$(VENV)/bin/ruff check files/agents $(wildcard plugins)
+	$(VENV)/bin/ruff check files/agents $(wildcard plugins) scripts/testhosts.py tests/hosts
 	@if [ -n "$(YAML_FILES)" ]; then echo "$(VENV)/bin/yamllint ."; $(VENV)/bin/yamllint .; fi
 	@if [ -d roles ]; then echo "ansible-lint --offline"; $(VENV)/bin/ansible-lint --offline; \
 	 else echo "ansible-lint: skipped (no roles/ yet)"; fi

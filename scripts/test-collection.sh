@@ -37,7 +37,7 @@ copy_collection() {
     rm -rf "$work/pgha/cluster"
     mkdir -p "$work/pgha/cluster"
     ( cd "$ROOT" && git ls-files -co --exclude-standard -z \
-        | grep -zvE '^(collections|bench)/|^files/agents/(src|tests)/' \
+        | grep -zvE '^(collections|bench)/|^files/agents/(src|tests)/|^scripts/testhosts\.py$|^tests/hosts/' \
         | tar --null -T - -cf - files/agents/src/pgha/__init__.py ) | tar -xf - -C "$work/pgha/cluster"
     local ns
     for ns in "$ROOT"/collections/ansible_collections/*; do

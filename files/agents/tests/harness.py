@@ -418,6 +418,89 @@ class EtcdCluster:
             time.sleep(0.2)
 
 
+class Blackhole:
+    """A TCP relay on loopback in front of ``target_port`` that can be cut like a partitioned
+    network: while cut it keeps accepting connections and holds them without forwarding a byte
+    either way, so the client's requests hang until their own timeouts (a refused connection would
+    fail fast and hide the bugs a partition shows). ``heal()`` drops the held connections and
+    forwards again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut_event = threading.Event()
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self.cut_event.set()
+
+    def heal(self) -> None:
+        self.cut_event.clear()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            c.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self.heal()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        while self.cut_event.is_set() and not self._stop.is_set():
+            time.sleep(0.02)  # connected, and never answered
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._conns.append(upstream)
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            src.settimeout(0.05)
+        except OSError:  # closed by heal() already
+            return
+        while not self._stop.is_set():
+            if self.cut_event.is_set():
+                time.sleep(0.02)  # the data waits, as it would behind a partition
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for x in (src, dst):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+
 # -------------------------------------------------------------------------------------- cluster
 
 class PghaCluster:

@@ -399,3 +399,72 @@ def test_a_hanging_store_fences_the_primary_before_its_lease_can_expire(cluster_
     assert "FENCING" in c.keepers["keeper0"].log_text()
     c.wait_for(healthy_cluster(1), timeout=120, what="the cluster back after the store thawed")
     write_row_retrying(c, "after-thaw")
+
+
+def test_a_primary_cut_off_from_the_store_is_fenced_and_rejoins_without_acting_on_old_data(cluster_factory) -> None:
+    """The primary's keeper loses the store (its requests hang, as behind a partition) while the
+    rest of the cluster fails over; a client keeps writing to that primary directly. It must stop
+    acknowledging before the new primary is promoted, and after the heal rejoin as a replica
+    without running as primary again. (The multi-host store_minority drill covers the case of a
+    keeper whose local etcd member answers but has lost quorum.)"""
+    from harness import Blackhole
+
+    c = cluster_factory(keepers=3, sentinels=1, proxies=1, start=False)
+    holes = [Blackhole(p) for p in c.etcd.client_ports]
+    cut = "keeper0"  # reaches the store only through the holes
+    c.keepers[cut].argv += ["--store-endpoints", ",".join(f"http://127.0.0.1:{h.port}" for h in holes)]
+    try:
+        c.start()
+        st = c.wait_for(healthy_cluster(3), timeout=120, what="a healthy cluster")
+        if primary_of(st) != cut:
+            c.ctl("switchover", "--to", cut, timeout=90)
+            c.wait_for(lambda s: healthy_cluster(3)(s) and primary_of(s) == cut, timeout=120,
+                       what=f"{cut} primary after a switchover")
+        direct = c.connect_keeper(cut)
+        direct.autocommit = True
+        with direct.cursor() as cur:
+            cur.execute("CREATE TABLE cut_probe (id serial primary key, at timestamptz default now())")
+        acks: list[float] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            conn = direct
+            while not stop.is_set():
+                try:
+                    if conn is None:
+                        conn = c.connect_keeper(cut, connect_timeout=1)
+                        conn.autocommit = True
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO cut_probe DEFAULT VALUES")
+                    acks.append(time.monotonic())
+                except psycopg2.Error:
+                    conn = None
+                    time.sleep(0.05)
+                stop.wait(0.02)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        time.sleep(1)
+        for h in holes:
+            h.cut()
+        st = c.wait_for(lambda s: primary_of(s) not in (None, cut) and s["cluster"]["transition"] is None,
+                        timeout=90, what="a new primary while the old one is cut off")
+        promoted_at = time.monotonic()
+        time.sleep(2)
+        for h in holes:
+            h.heal()
+        c.wait_for(lambda s: any(k["uid"] == cut and k["role"] == "replica" and k["streaming"] for k in s["keepers"]),
+                   timeout=120, what="the old primary back as a streaming replica")
+        time.sleep(1)
+        stop.set()
+        t.join(timeout=10)
+        after = [a for a in acks if a > promoted_at - 0.5]
+        assert not after, (f"the old primary {cut} acknowledged {len(after)} direct write(s) around or after the "
+                           f"promotion of {primary_of(st)}")
+        log = c.keepers[cut].log_text()
+        assert "FENCING" in log
+        tail = log[log.rindex("FENCING"):]
+        assert "start primary" not in tail and "promote:" not in tail, tail[-2000:]
+    finally:
+        for h in holes:
+            h.close()

@@ -43,6 +43,10 @@ options:
   supervisor_pidfile:
     description: Pidfile of the supervisord that runs the keeper (paused during a crash drill).
     type: path
+  systemd_unit:
+    description: The keeper's systemd unit; during a crash drill a run-time drop-in turns its
+      C(Restart=) off so that systemd cannot start it at once (V(resume) removes it and starts the unit).
+    type: str
   name:
     description: Name of the partition (its nftables table is C(pgha_drill_<name>)).
     type: str
@@ -170,6 +174,7 @@ def main():
             action=dict(type="str", choices=["crash", "freeze", "resume", "partition", "heal"], required=True),
             data_dir=dict(type="path"),
             supervisor_pidfile=dict(type="path"),
+            systemd_unit=dict(type="str"),
             name=dict(type="str", default="main"),
             peers=dict(type="list", elements="str", default=[]),
             keep=dict(type="list", elements="str", default=[]),
@@ -189,7 +194,7 @@ def main():
     if module.check_mode:
         module.exit_json(changed=True, pids=drill.keeper_processes(p["data_dir"]), signals=[], at=0.0)
     try:
-        res = drill.disrupt(p["action"], p["data_dir"], p["supervisor_pidfile"])
+        res = drill.disrupt(p["action"], p["data_dir"], p["supervisor_pidfile"], p["systemd_unit"])
     except (RuntimeError, OSError) as exc:
         module.fail_json(msg="%s of the keeper under %s failed: %s" % (p["action"], p["data_dir"], exc))
     module.exit_json(changed=bool(res["signals"]), **res)

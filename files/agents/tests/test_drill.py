@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgha import netfault
-from pgha.drill import Events, analyze, overlap
+from pgha.drill import Events, analyze, overlap, split_brain
 
 
 def events(acks: list[float], errors: list[float] = (), start: float = 0.0, stop: float | None = None) -> Events:
@@ -46,9 +46,31 @@ def test_overlap_positive_when_both_primaries_acknowledged_at_once() -> None:
 
 def test_events_file_keeps_the_acknowledging_server(tmp_path: Path) -> None:
     f = tmp_path / "e"
-    f.write_text("start 1.0\nok 1 1.5 10.0.0.11:5433\nok 2 1.6\nerr 1.7 boom\nstop 2.0\n")
+    f.write_text("start 1.0\nok 1 1.5 10.0.0.11:5433 3\nok 2 1.6\nerr 1.7 boom\nstop 2.0\n")
     ev = Events.load(f)
-    assert ev.acks == [(1, 1.5), (2, 1.6)] and ev.servers == {1: "10.0.0.11:5433"}
+    assert ev.acks == [(1, 1.5), (2, 1.6)] and ev.servers == {1: "10.0.0.11:5433"} and ev.timelines == {1: 3}
+
+
+def on_timelines(acks: list[tuple[float, int]]) -> Events:
+    ev = Events(acks=[(i + 1, t) for i, (t, _) in enumerate(acks)])
+    ev.timelines = {i + 1: tli for i, (_, tli) in enumerate(acks)}
+    ev.servers = {i + 1: f"s{tli}" for i, (_, tli) in enumerate(acks)}
+    return ev
+
+
+def test_split_brain_none_when_each_timeline_ends_before_the_next_begins() -> None:
+    a = on_timelines([(1.0, 1), (2.0, 1), (5.0, 2), (9.0, 3)])
+    b = on_timelines([(1.5, 1), (5.5, 2), (8.0, 2), (9.5, 3)])  # timeline 1 again later: a rejoined primary
+    r = split_brain({"a": a, "b": b})
+    assert r["windows"] == [] and r["worst_s"] == 0.0 and set(r["timelines"]) == {"1", "2", "3"}
+
+
+def test_split_brain_found_when_an_older_timeline_acknowledges_after_a_newer_one() -> None:
+    via_proxy = on_timelines([(1.0, 1), (5.0, 2), (6.0, 2)])
+    cut_off = on_timelines([(1.0, 1), (4.0, 1), (5.4, 1)])  # the isolated old primary still writing
+    r = split_brain({"proxy": via_proxy, "cut_off": cut_off})
+    assert len(r["windows"]) == 1 and r["windows"][0]["seconds"] == pytest.approx(0.4)
+    assert r["windows"][0]["older_timeline"] == 1 and r["windows"][0]["late_acks"] == 1
 
 
 def test_partition_rules_cut_the_peers_and_keep_the_controller() -> None:

@@ -43,6 +43,7 @@ class Events:
     started: float | None = None
     stopped: float | None = None
     servers: dict[int, str] = field(default_factory=dict)  # id -> "address:port" of the PostgreSQL that acknowledged
+    timelines: dict[int, int] = field(default_factory=dict)  # id -> the timeline that PostgreSQL wrote on
 
     @staticmethod
     def load(path: str | Path) -> "Events":
@@ -53,10 +54,13 @@ class Events:
                 continue
             kind = parts[0]
             if kind == "ok" and len(parts) >= 3:
-                at, _, server = parts[2].partition(" ")
+                at, _, rest = parts[2].partition(" ")
+                server, _, timeline = rest.partition(" ")
                 ev.acks.append((int(parts[1]), float(at)))
                 if server:
                     ev.servers[int(parts[1])] = server
+                if timeline.isdigit():
+                    ev.timelines[int(parts[1])] = int(timeline)
             elif kind == "err" and len(parts) >= 2:
                 ev.errors.append((float(parts[1]), parts[2] if len(parts) > 2 else ""))
             elif kind == "start":
@@ -88,11 +92,13 @@ def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float)
                                     "at timestamptz DEFAULT now())")
                 n += 1
                 with conn.cursor() as cur:
-                    # which PostgreSQL acknowledged it (through a proxy: the one it routed to)
+                    # which PostgreSQL acknowledged it (through a proxy: the one it routed to), and the
+                    # timeline it writes on: each promotion starts a higher one
                     cur.execute(f'INSERT INTO "{table}" (id) VALUES (%s) '
-                                "RETURNING coalesce(host(inet_server_addr()), 'local'), inet_server_port()", (n,))
-                    addr, port = cur.fetchone()
-                f.write(f"ok {n} {time.time():.6f} {addr}:{port}\n")
+                                "RETURNING coalesce(host(inet_server_addr()), 'local'), inet_server_port(), "
+                                "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int", (n,))
+                    addr, port, tli = cur.fetchone()
+                f.write(f"ok {n} {time.time():.6f} {addr}:{port} {tli}\n")
                 stop.wait(interval)
             except psycopg2.Error as exc:
                 msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -202,6 +208,30 @@ def overlap(workloads: dict[str, Events], old: str, new: str, event: float) -> d
     }
 
 
+def split_brain(workloads: dict[str, Events]) -> dict[str, Any]:
+    """Did an older primary acknowledge a write after a newer one had? Every promotion starts a
+    higher timeline, so over all the clients' acknowledgements, in time order, a write on timeline
+    T acknowledged after the first one on a higher timeline means two primaries accepted writes at
+    once. ``windows`` lists each (the older timeline's last acknowledgement after the newer's first,
+    and by how long); ``worst_s`` is the longest, 0 when there is none."""
+    acks = sorted((t, ev.timelines[i], ev.servers.get(i, "unknown"), name)
+                  for name, ev in workloads.items() for i, t in ev.acks if i in ev.timelines)
+    first: dict[int, tuple[float, str]] = {}
+    for t, tli, server, _ in acks:
+        first.setdefault(tli, (t, server))
+    windows = []
+    for newer, (t_new, s_new) in sorted(first.items()):
+        late = [(t, tli, server, name) for t, tli, server, name in acks if tli < newer and t > t_new]
+        if late:
+            t_last, tli, server, name = late[-1]
+            windows.append({"older_timeline": tli, "older_server": server, "newer_timeline": newer,
+                            "newer_server": s_new, "newer_first_ack": t_new, "older_last_ack": t_last,
+                            "seconds": round(t_last - t_new, 3), "late_acks": len(late), "workload": name})
+    return {"timelines": {str(k): {"first_ack": v[0], "server": v[1]} for k, v in sorted(first.items())},
+            "windows": windows, "worst_s": max((w["seconds"] for w in windows), default=0.0),
+            "acknowledgements_with_timeline": len(acks)}
+
+
 def missing(conn: Any, table: str, acked: Iterable[int]) -> list[int]:
     """The acknowledged ids that ``table`` does not hold, in order; closes ``conn``. Shared by the
     drills, the integration tests' writer and the benchmarks' probe."""
@@ -291,12 +321,27 @@ def keeper_processes(data_dir: str | Path) -> dict[str, int | None]:
     return out
 
 
-def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | None = None) -> dict[str, Any]:
+def _systemctl(*args: str) -> None:
+    out = subprocess.run(["systemctl", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"systemctl {' '.join(args)}: {out.stdout.decode(errors='replace').strip()}")
+
+
+def _no_restart_dropin(unit: str) -> Path:
+    """A run-time drop-in that turns the unit's Restart= off (a runtime mask cannot hide a unit
+    defined in /etc/systemd/system; a drop-in under /run applies to it)."""
+    return Path("/run/systemd/system") / f"{unit}.d" / "pgha-drill-no-restart.conf"
+
+
+def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | None = None,
+            systemd_unit: str | None = None) -> dict[str, Any]:
     """Local-platform fault injection on one keeper.
 
     * ``crash``: SIGKILL the keeper and PostgreSQL's whole process group. The supervisor (when its
       pidfile is given) is SIGSTOPped first so that it cannot restart the keeper at once — the way
-      the classic Stolon drill orphans the StatefulSet — and resumed by ``resume``.
+      the classic Stolon drill orphans the StatefulSet — and resumed by ``resume``. Under systemd
+      (``systemd_unit``) a run-time drop-in turns the unit's ``Restart=`` off instead; ``resume``
+      removes it and starts the unit.
     * ``freeze``: SIGSTOP the keeper and PostgreSQL's process group.
     * ``resume``: SIGCONT the supervisor, the keeper and PostgreSQL (whatever is still there).
     """
@@ -315,6 +360,13 @@ def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | 
         if sup:
             os.kill(sup, signal.SIGSTOP)
             done.append(f"SIGSTOP supervisor {sup}")
+        if systemd_unit:
+            dropin = _no_restart_dropin(systemd_unit)
+            dropin.parent.mkdir(parents=True, exist_ok=True)
+            dropin.write_text("# pgha crash drill: the keeper stays down until the drill resumes it\n"
+                              "[Service]\nRestart=no\n")
+            _systemctl("daemon-reload")
+            done.append(f"Restart=no for {systemd_unit} (run-time drop-in)")
         at = time.time()
         if procs["keeper"]:
             n = signal_tree(procs["keeper"], signal.SIGKILL)
@@ -337,6 +389,12 @@ def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | 
             n = signal_tree(pid, signal.SIGCONT)
             if n:
                 done.append(f"SIGCONT {name} {pid} ({n} processes)")
+        if systemd_unit and _no_restart_dropin(systemd_unit).exists():
+            _no_restart_dropin(systemd_unit).unlink()
+            _systemctl("daemon-reload")
+            subprocess.run(["systemctl", "reset-failed", systemd_unit], check=False, capture_output=True)
+            _systemctl("start", systemd_unit)
+            done.append(f"Restart= restored and {systemd_unit} started")
         if sup and pid_alive(sup):
             os.kill(sup, signal.SIGCONT)
             done.append(f"SIGCONT supervisor {sup}")
@@ -420,6 +478,7 @@ def report(events: str | Path, markers: dict[str, float], transition: dict[str, 
                 "last_ack_after_event_s": round(after[-1] - event, 3) if after else None,
                 "series": series(oev, t0, max(end, oev.stopped or end), rep["series"]["bucket_s"]),
             }
+    rep["split_brain"] = split_brain(workloads)
     rep["main_lost_acknowledged_writes"] = len(lost)
     rep["lost_acknowledged_writes"] = total_lost
     rep["lost_ids"] = lost[:100]
@@ -441,6 +500,11 @@ def report(events: str | Path, markers: dict[str, float], transition: dict[str, 
     ov = (rep.get("overlap") or {}).get("overlap_s")
     if max_overlap is not None and ov is not None and ov >= max_overlap:
         budgets.append(f"two primaries acknowledged writes: overlap {ov}s >= budget {max_overlap}s")
+    if max_overlap is not None and rep["split_brain"]["windows"]:
+        w = max(rep["split_brain"]["windows"], key=lambda x: x["seconds"])
+        budgets.append(f"two primaries acknowledged writes: timeline {w['older_timeline']} ({w['older_server']}) "
+                       f"acknowledged {w['late_acks']} write(s) up to {w['seconds']}s after timeline "
+                       f"{w['newer_timeline']} ({w['newer_server']}) did")
     rep["budget_violations"] = budgets
     rep["summary"] = (f"writes unavailable {rep['rto_s']}s, {total_lost} acknowledged writes lost of "
                       f"{sum(len(w.acks) for w in workloads.values())}"

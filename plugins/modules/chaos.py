@@ -7,32 +7,37 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: chaos
-short_description: Kill random pgha components for a while and count the failovers (local platform)
+short_description: Plan the faults of a pgha chaos run, or kill one component on this host (local platform)
 version_added: 0.1.0
 description:
-  - A built-in chaoskube. Every O(interval) seconds for O(duration) seconds it sends SIGKILL to a
-    random one of O(targets) (a keeper together with its PostgreSQL) and lets supervisord restart
-    it, the way the platform would. etcd members are only chosen with O(include_etcd). Never more
-    than O(max_down) targets are down at once.
-  - Samples the cluster's primary between kills and returns the failovers it saw.
-  - Runs on the host whose supervisord runs the targets.
+  - The two parts of C(playbooks/chaos.yml) that are not Ansible.
+  - V(plan) chooses one fault per round from O(faults), reproducibly with O(seed) (runs anywhere,
+    changes nothing) - a V(kill) of one of O(targets) (etcd members only with O(include_etcd)), or a
+    V(partition) of one of O(hosts) from the others (all its traffic, or the store's ports only),
+    healed after O(partition_seconds) by a timer on that host. Partitions need three hosts or more.
+  - V(kill) sends SIGKILL to program O(name) on this host (a keeper together with its PostgreSQL)
+    and lets the platform restart it - supervisord (O(supervisorctl), O(supervisor_config)) or
+    systemd (unit C(pgha-<cluster_name>-<name>.service), O(service_manager=systemd)).
 author:
   - pgha developers (!UNKNOWN)
-extends_documentation_fragment:
-  - pgha.cluster.store
 attributes:
   check_mode:
     support: full
-    description: Returns the targets it would choose from and kills nothing.
+    description: V(plan) changes nothing; V(kill) reports what it would kill.
   diff_mode:
     support: none
     description: Nothing to compare.
 options:
+  action:
+    description: What to do.
+    type: str
+    choices: [plan, kill]
+    default: plan
   targets:
-    description: Supervisord program names with their component.
+    description: The programs a kill may choose from (V(plan)).
     type: list
     elements: dict
-    required: true
+    default: []
     suboptions:
       name:
         description: Program name (the agent's uid, or the etcd member name).
@@ -43,18 +48,29 @@ options:
         type: str
         required: true
         choices: [keeper, sentinel, proxy, etcd]
-  interval:
-    description: Seconds between two kills.
-    type: float
-    default: 10
-  duration:
-    description: Seconds of chaos.
-    type: float
-    default: 120
-  max_down:
-    description: Most targets down at once.
+      host:
+        description: The inventory host it runs on.
+        type: str
+        default: ""
+  hosts:
+    description: The cluster's inventory hosts a partition may cut off (V(plan)).
+    type: list
+    elements: str
+    default: []
+  faults:
+    description: The kinds of fault to choose from (V(plan)).
+    type: list
+    elements: str
+    choices: [kill, partition]
+    default: [kill]
+  rounds:
+    description: How many faults (V(plan)).
     type: int
-    default: 1
+    default: 12
+  partition_seconds:
+    description: How long each partition lasts (V(plan)).
+    type: float
+    default: 8
   include_etcd:
     description: Also kill etcd members.
     type: bool
@@ -62,106 +78,131 @@ options:
   seed:
     description: Random seed, to replay a run.
     type: int
+  name:
+    description: The program to kill (V(kill)).
+    type: str
+  component:
+    description: What it is (V(kill); for the report).
+    type: str
+    default: ""
+  cluster_name:
+    description: The cluster (systemd unit names).
+    type: str
+    default: main
+  service_manager:
+    description: What runs the programs on this host.
+    type: str
+    choices: [supervisord, systemd]
+    default: supervisord
   supervisorctl:
     description: Path of supervisorctl.
     type: path
     default: /opt/pgha/venv/bin/supervisorctl
   supervisor_config:
-    description: The cluster's supervisord.conf.
+    description: The cluster's supervisord.conf (supervisord).
     type: path
-    required: true
 """
 
 EXAMPLES = r"""
-- name: Two minutes of chaos
+- name: Plan twelve rounds of kills and partitions
   pgha.cluster.chaos:
-    cluster_name: main
-    store_endpoints: http://127.0.0.1:12379
+    action: plan
     targets:
-      - {name: keeper1, component: keeper}
-      - {name: sentinel1, component: sentinel}
-      - {name: proxy1, component: proxy}
-    interval: 10
-    duration: 120
+      - {name: pg1_keeper1, component: keeper, host: pg1}
+      - {name: pg2_sentinel1, component: sentinel, host: pg2}
+    hosts: [pg1, pg2, pg3]
+    faults: [kill, partition]
+    rounds: 12
+    seed: 7
+  register: chaos_plan
+
+- name: Kill a keeper (supervisord restarts it)
+  pgha.cluster.chaos:
+    action: kill
+    name: pg1_keeper1
+    component: keeper
     supervisor_config: /opt/pgha/main/supervisord.conf
-  register: chaos
 """
 
 RETURN = r"""
-kills:
-  description: Each kill with its wall-clock time.
-  returned: success
+plan:
+  description: One fault per round (V(plan)).
+  returned: when O(action=plan)
   type: list
   elements: dict
-  sample: [{"at": 1795000000.1, "name": "keeper2", "component": "keeper", "what": "SIGKILL keeper keeper2 (pid 812, 9 processes)"}]
-failovers:
-  description: Primary changes seen during the run.
-  returned: success
-  type: int
-  sample: 2
-primaries:
-  description: The primary over time, as [time, uid] at each change.
-  returned: success
-  type: list
-  elements: list
-skipped:
-  description: Rounds without a kill because O(max_down) targets were still down.
-  returned: success
-  type: int
-  sample: 1
+  sample: [{"round": 1, "fault": "kill", "name": "pg1_keeper1", "component": "keeper", "host": "pg1"},
+           {"round": 2, "fault": "partition", "host": "pg3", "scope": "store", "seconds": 8}]
+at:
+  description: Wall-clock time of the kill.
+  returned: when O(action=kill)
+  type: float
+  sample: 1795000000.1
+what:
+  description: What was killed.
+  returned: when O(action=kill)
+  type: str
+  sample: SIGKILL keeper pg1_keeper1 (pid 812, 9 processes)
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pgha.cluster.plugins.module_utils.client import (
-    CtlError,
-    StoreError,
-    open_ctl,
-    store_argument_spec,
-)
+from ansible_collections.pgha.cluster.plugins.module_utils.client import require_pgha
 
 try:
     from pgha import chaos
-except ImportError:  # reported by open_ctl
+except ImportError:  # reported by require_pgha
     chaos = None
 
 
 def main():
-    argument_spec = store_argument_spec()
-    argument_spec.update(
-        targets=dict(type="list", elements="dict", required=True, options=dict(
-            name=dict(type="str", required=True),
-            component=dict(type="str", required=True, choices=["keeper", "sentinel", "proxy", "etcd"]),
-        )),
-        interval=dict(type="float", default=10),
-        duration=dict(type="float", default=120),
-        max_down=dict(type="int", default=1),
-        include_etcd=dict(type="bool", default=False),
-        seed=dict(type="int"),
-        supervisorctl=dict(type="path", default="/opt/pgha/venv/bin/supervisorctl"),
-        supervisor_config=dict(type="path", required=True),
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", choices=["plan", "kill"], default="plan"),
+            targets=dict(type="list", elements="dict", default=[], options=dict(
+                name=dict(type="str", required=True),
+                component=dict(type="str", required=True, choices=["keeper", "sentinel", "proxy", "etcd"]),
+                host=dict(type="str", default=""),
+            )),
+            hosts=dict(type="list", elements="str", default=[]),
+            faults=dict(type="list", elements="str", choices=["kill", "partition"], default=["kill"]),
+            rounds=dict(type="int", default=12),
+            partition_seconds=dict(type="float", default=8),
+            include_etcd=dict(type="bool", default=False),
+            seed=dict(type="int"),
+            name=dict(type="str"),
+            component=dict(type="str", default=""),
+            cluster_name=dict(type="str", default="main"),
+            service_manager=dict(type="str", choices=["supervisord", "systemd"], default="supervisord"),
+            supervisorctl=dict(type="path", default="/opt/pgha/venv/bin/supervisorctl"),
+            supervisor_config=dict(type="path"),
+        ),
+        required_if=[("action", "kill", ["name"])],
+        supports_check_mode=True,
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    ctl = open_ctl(module)
+    require_pgha(module)
     p = module.params
-    targets = [chaos.Target(t["name"], t["component"]) for t in p["targets"]]
-    if module.check_mode:
-        module.exit_json(changed=False, kills=[], failovers=0, primaries=[], skipped=0,
-                         targets=[t.name for t in targets if p["include_etcd"] or t.component != "etcd"])
-    if p["max_down"] < 1:
-        module.fail_json(msg="max_down must be at least 1")
-
-    def observe():
+    if p["action"] == "plan":
+        targets = [chaos.Target(t["name"], t["component"], t["host"]) for t in p["targets"]]
         try:
-            return ctl.status()["cluster"]["primary"]
-        except (CtlError, StoreError):
-            return None
-
-    res = chaos.run(targets, chaos.Supervisor(p["supervisorctl"], p["supervisor_config"]),
-                    interval=p["interval"], duration=p["duration"], max_down=p["max_down"],
-                    include_etcd=p["include_etcd"], seed=p["seed"], observe=observe)
-    module.exit_json(changed=bool(res.kills), kills=res.kills, failovers=res.failovers,
-                     primaries=[list(x) for x in res.primaries], skipped=res.skipped)
+            rounds = chaos.plan(targets, p["hosts"], rounds=p["rounds"], faults=tuple(p["faults"]), seed=p["seed"],
+                                include_etcd=p["include_etcd"], partition_seconds=p["partition_seconds"])
+        except ValueError as exc:
+            module.fail_json(msg="cannot plan the chaos: %s" % exc)
+        module.exit_json(changed=False, plan=rounds)
+    target = chaos.Target(p["name"], p["component"])
+    if p["service_manager"] == "systemd":
+        platform = chaos.Systemd(p["cluster_name"])
+    else:
+        if not p["supervisor_config"]:
+            module.fail_json(msg="supervisor_config is required with service_manager=supervisord")
+        platform = chaos.Supervisor(p["supervisorctl"], p["supervisor_config"])
+    if module.check_mode:
+        module.exit_json(changed=True, at=0.0, what="would kill %s" % p["name"])
+    try:
+        res = chaos.kill(target, platform)
+    except (RuntimeError, OSError) as exc:
+        module.fail_json(msg="cannot kill %s: %s" % (p["name"], exc))
+    module.exit_json(changed=not res["what"].endswith("was not running"), **res)
 
 
 if __name__ == "__main__":

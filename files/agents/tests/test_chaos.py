@@ -1,69 +1,51 @@
-"""The chaos loop with a fake platform and a fake clock."""
+"""The chaos plan (which fault each round brings), a pure function."""
 
 from __future__ import annotations
 
-from pgha.chaos import Target, run
+import pytest
 
-TARGETS = [Target("keeper1", "keeper"), Target("keeper2", "keeper"), Target("sentinel1", "sentinel"),
-           Target("proxy1", "proxy"), Target("etcd1", "etcd")]
+from pgha.chaos import Target, failovers, plan
 
-
-class FakePlatform:
-    """Stands in for supervisord: a killed target comes back ``restart`` seconds later."""
-
-    def __init__(self, clock: "Clock", restart: float) -> None:
-        self.clock = clock
-        self.restart = restart
-        self.killed: dict[str, float] = {}
-
-    def kill(self, target: Target) -> str:
-        self.killed[target.name] = self.clock()
-        return f"killed {target.name}"
-
-    def is_up(self, target: Target) -> bool:
-        return self.clock() - self.killed.get(target.name, -1e9) >= self.restart
+TARGETS = [Target("pg1_keeper1", "keeper", "pg1"), Target("pg2_keeper1", "keeper", "pg2"),
+           Target("pg1_sentinel1", "sentinel", "pg1"), Target("pg3_proxy1", "proxy", "pg3"),
+           Target("pg1-etcd1", "etcd", "pg1")]
+HOSTS = ["pg1", "pg2", "pg3"]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += max(s, 0.05)
-
-
-def test_kills_every_interval_and_never_etcd_by_default() -> None:
-    clock = Clock()
-    res = run(TARGETS, FakePlatform(clock, restart=1), interval=5, duration=60, max_down=1, seed=1,
-              clock=clock, sleep=clock.sleep)
-    assert 11 <= len(res.kills) <= 13
-    assert all(k["component"] != "etcd" for k in res.kills)
+def test_one_kill_per_round_and_never_etcd_by_default() -> None:
+    rounds = plan(TARGETS, HOSTS, rounds=50, seed=1)
+    assert len(rounds) == 50 and all(r["fault"] == "kill" for r in rounds)
+    assert all(r["component"] != "etcd" for r in rounds)
+    assert {r["host"] for r in rounds} <= set(HOSTS)
 
 
 def test_etcd_only_when_asked() -> None:
-    clock = Clock()
-    res = run(TARGETS, FakePlatform(clock, restart=0.5), interval=1, duration=200, max_down=1, seed=3,
-              include_etcd=True, clock=clock, sleep=clock.sleep)
-    assert any(k["component"] == "etcd" for k in res.kills)
+    assert any(r["component"] == "etcd" for r in plan(TARGETS, HOSTS, rounds=50, seed=3, include_etcd=True))
 
 
-def test_never_more_than_max_down() -> None:
-    clock = Clock()
-    platform = FakePlatform(clock, restart=12)  # slow restarts: kills must wait
-    res = run(TARGETS, platform, interval=2, duration=60, max_down=2, seed=2, clock=clock, sleep=clock.sleep)
-    times = [k["at"] for k in res.kills]
-    for t in times:
-        overlapping = [u for u in times if u <= t < u + 12]  # down until restarted
-        assert len(overlapping) <= 2
-    assert res.skipped > 0
+def test_partitions_mix_with_kills_and_name_host_scope_and_duration() -> None:
+    rounds = plan(TARGETS, HOSTS, rounds=40, seed=5, faults=("kill", "partition"), partition_seconds=6)
+    parts = [r for r in rounds if r["fault"] == "partition"]
+    assert parts and len(parts) < 40
+    assert {p["scope"] for p in parts} == {"host", "store"} and all(p["seconds"] == 6 for p in parts)
+    assert {p["host"] for p in parts} <= set(HOSTS)
+
+
+def test_the_same_seed_replays_the_same_run() -> None:
+    kw = dict(rounds=20, seed=11, faults=("kill", "partition"))
+    assert plan(TARGETS, HOSTS, **kw) == plan(TARGETS, HOSTS, **kw)
+
+
+@pytest.mark.parametrize("hosts,faults,why", [
+    (["localhost"], ("partition",), "at least three hosts"),
+    (HOSTS, ("flood",), "faults must be"),
+    (HOSTS, (), "faults must be"),
+])
+def test_refused(hosts, faults, why) -> None:
+    with pytest.raises(ValueError, match=why):
+        plan(TARGETS, hosts, rounds=3, faults=faults)
 
 
 def test_failovers_counted_from_primary_changes() -> None:
-    clock = Clock()
-    seq = iter(["k1"] * 5 + [None] * 3 + ["k2"] * 5 + ["k3"] * 100)
-    res = run(TARGETS, FakePlatform(clock, restart=1), interval=5, duration=10, max_down=1, seed=1,
-              observe=lambda: next(seq), clock=clock, sleep=clock.sleep)
-    assert res.failovers == 2
+    assert failovers(["k1", "k1", None, "k2", "k2", "k3", None, "k3"]) == 2
+    assert failovers([]) == 0

@@ -1,10 +1,14 @@
-"""A built-in chaoskube: kill a random component every ``interval`` for ``duration`` and let the
-platform restart it, while counting the failovers it causes.
+"""Chaos, pgha's own chaoskube: one random fault per round while clients write, the platform (and
+the cluster) repairing what broke. ``playbooks/chaos.yml`` runs the rounds; this module holds
+what is not Ansible:
 
-``run()`` is the loop with the platform and the clock injected (unit-tested with fakes);
-``Supervisor`` is the local platform: supervisord programs, killed with SIGKILL (a keeper together
-with its PostgreSQL) and restarted by supervisord itself (``autorestart``), the way the platform
-would.
+* ``plan()``: which fault each round brings, a pure function of the targets, the hosts and a seed
+  (so a run can be replayed): a **kill** (SIGKILL of a keeper together with its PostgreSQL, of a
+  sentinel, a proxy worker or, with ``include_etcd``, an etcd member; its supervisor restarts it) or
+  a **partition** of one host from the others (all its traffic, or only the store's ports), healed
+  after ``partition_seconds`` by a timer on that host (``pgha.netfault``);
+* ``Supervisor`` and ``Systemd``: the local platforms, which kill a program on this host;
+* ``failovers()``: how many times the primary changed, from the primaries seen between rounds.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ import random
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pgha.procs import signal_tree
+
+FAULTS = ("kill", "partition")
+PARTITION_SCOPES = ("host", "store")
 
 
 @dataclass(frozen=True)
 class Target:
-    name: str  # supervisord program name (or pod name on Kubernetes)
+    name: str  # supervisord program (systemd unit pgha-<cluster>-<name>)
     component: str  # keeper | sentinel | proxy | etcd
+    host: str = ""  # the inventory host it runs on
 
 
 class Platform(Protocol):
@@ -33,91 +41,60 @@ class Platform(Protocol):
         """Whether the platform has it running again."""
 
 
-@dataclass
-class ChaosResult:
-    kills: list[dict[str, Any]] = field(default_factory=list)
-    skipped: int = 0  # rounds where max_down components were still down
-    primaries: list[tuple[float, str | None]] = field(default_factory=list)  # (time, primary) on change
-
-    @property
-    def failovers(self) -> int:
-        seen = [p for _, p in self.primaries if p is not None]
-        return sum(1 for a, b in zip(seen, seen[1:]) if a != b)
-
-
-def choose(targets: list[Target], down: set[str], include_etcd: bool, rng: random.Random) -> Target | None:
-    pool = [t for t in targets if t.name not in down and (include_etcd or t.component != "etcd")]
-    return rng.choice(pool) if pool else None
-
-
-def run(targets: list[Target], platform: Platform, *, interval: float, duration: float, max_down: int,
-        include_etcd: bool = False, seed: int | None = None, observe: Callable[[], str | None] | None = None,
-        clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-        recovery_grace: float = 2.0) -> ChaosResult:
-    """Kill a random target every ``interval`` seconds for ``duration`` seconds.
-
-    Never more than ``max_down`` targets are down at once: a killed target counts as down until the
-    platform has it up again and ``recovery_grace`` seconds have passed. ``observe()`` returns the
-    current primary; it is sampled between kills to count failovers."""
+def plan(targets: list[Target], hosts: list[str], *, rounds: int, faults: tuple[str, ...] = ("kill",),
+         seed: int | None = None, include_etcd: bool = False, partition_seconds: float = 8.0) -> list[dict[str, Any]]:
+    """One fault per round. A partition needs at least three hosts (one cut off, a majority left)."""
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown or not faults:
+        raise ValueError(f"faults must be some of {', '.join(FAULTS)}, not {', '.join(unknown) or 'none'}")
+    if "partition" in faults and len(set(hosts)) < 3:
+        raise ValueError(f"partitions need the cluster on at least three hosts, not {len(set(hosts))} "
+                         f"({', '.join(sorted(set(hosts))) or 'none'})")
+    pool = [t for t in targets if include_etcd or t.component != "etcd"]
+    if "kill" in faults and not pool:
+        raise ValueError("no target to kill")
     rng = random.Random(seed)
-    res = ChaosResult()
-    down: dict[str, float] = {}  # name -> time it was killed
-    start = clock()
-    next_kill = start
-    last_primary: object = object()
-    while True:
-        now = clock()
-        for name in list(down):
-            t = next(t for t in targets if t.name == name)
-            if now - down[name] >= recovery_grace and platform.is_up(t):
-                down.pop(name)
-        if observe is not None:
-            primary = observe()
-            if primary != last_primary:
-                res.primaries.append((now, primary))
-                last_primary = primary
-        if now - start >= duration:
-            break
-        if now >= next_kill:
-            next_kill += interval
-            if len(down) >= max_down:
-                res.skipped += 1
-            else:
-                target = choose(targets, set(down), include_etcd, rng)
-                if target is not None:
-                    what = platform.kill(target)
-                    down[target.name] = clock()
-                    res.kills.append({"at": down[target.name], "name": target.name,
-                                      "component": target.component, "what": what})
-        sleep(min(0.25, max(0.0, next_kill - clock())))
-    return res
+    out: list[dict[str, Any]] = []
+    for i in range(rounds):
+        kind = rng.choice(faults)
+        if kind == "kill":
+            t = rng.choice(pool)
+            out.append({"round": i + 1, "fault": "kill", "name": t.name, "component": t.component, "host": t.host})
+        else:
+            out.append({"round": i + 1, "fault": "partition", "host": rng.choice(sorted(set(hosts))),
+                        "scope": rng.choice(PARTITION_SCOPES), "seconds": partition_seconds})
+    return out
+
+
+def failovers(primaries: list[str | None]) -> int:
+    """Primary changes in a sequence of observations (None: no primary at that moment)."""
+    seen = [p for p in primaries if p]
+    return sum(1 for a, b in zip(seen, seen[1:]) if a != b)
+
+
+def _run(argv: list[str]) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    return out.stdout.strip()
 
 
 class Supervisor:
-    """The local platform: one supervisord per cluster (see the pgha role)."""
+    """The local platform under supervisord: one per cluster (see the pgha role)."""
 
     def __init__(self, supervisorctl: str, config: str) -> None:
         self.cmd = [supervisorctl, "-c", config]
 
-    def _ctl(self, *args: str) -> str:
-        out = subprocess.run(self.cmd + list(args), capture_output=True, text=True, timeout=30)
-        return out.stdout.strip()
-
     def programs(self) -> dict[str, str]:
         """program name -> state (RUNNING, STARTING, BACKOFF, ...)."""
         out = {}
-        for line in self._ctl("status").splitlines():
+        for line in _run(self.cmd + ["status"]).splitlines():
             parts = line.split()
             if len(parts) >= 2:
                 out[parts[0]] = parts[1]
         return out
 
-    def pid(self, name: str) -> int | None:
-        text = self._ctl("pid", name)
-        return int(text) if text.isdigit() and int(text) > 0 else None
-
     def kill(self, target: Target) -> str:
-        pid = self.pid(target.name)
+        text = _run(self.cmd + ["pid", target.name])
+        pid = int(text) if text.isdigit() and int(text) > 0 else None
         if pid is None:
             return f"{target.name} was not running"
         n = signal_tree(pid, signal.SIGKILL)
@@ -125,3 +102,32 @@ class Supervisor:
 
     def is_up(self, target: Target) -> bool:
         return self.programs().get(target.name) == "RUNNING"
+
+
+class Systemd:
+    """The local platform under systemd: unit pgha-<cluster>-<name>, Restart=always."""
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    def unit(self, target: Target) -> str:
+        return f"pgha-{self.cluster}-{target.name}.service"
+
+    def kill(self, target: Target) -> str:
+        unit = self.unit(target)
+        if _run(["systemctl", "is-active", unit]) != "active":
+            return f"{unit} was not running"
+        out = subprocess.run(["systemctl", "kill", "--signal=SIGKILL", unit], capture_output=True, text=True,
+                             timeout=30, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"systemctl kill {unit}: {out.stderr.strip() or out.stdout.strip()}")
+        return f"SIGKILL {target.component} {target.name} (every process of {unit})"
+
+    def is_up(self, target: Target) -> bool:
+        return _run(["systemctl", "is-active", self.unit(target)]) == "active"
+
+
+def kill(target: Target, platform: Platform) -> dict[str, Any]:
+    at = time.time()
+    return {"at": at, "name": target.name, "component": target.component, "host": target.host,
+            "what": platform.kill(target)}

@@ -23,13 +23,14 @@ SHELL := /bin/bash
 YAML_FILES = $(shell find . \( -path ./.venv -o -path ./collections -o -path ./.git -o -path '*/tests/output' \) -prune \
                -o -type f \( -name '*.yml' -o -name '*.yaml' \) -print 2>/dev/null | head -n 1)
 
-.PHONY: help up test lint test-engine test-collection venv bootstrap agents clean bench wheelhouse
+.PHONY: help up test lint test-engine test-hosts test-collection venv bootstrap agents clean bench wheelhouse
 
 help:
 	@echo "make up               install what is missing, then bring a local cluster up (playbooks/site.yml)"
 	@echo "make test             lint, engine tests, collection tests"
 	@echo "make lint             ruff, yamllint, ansible-lint (offline)"
 	@echo "make test-engine      pytest files/agents/tests against the agents venv ($(AGENT_VENV))"
+	@echo "make test-hosts       the test hosts' tests (scripts/testhosts.py; root)"
 	@echo "make test-collection  scripts/test-collection.sh, when present"
 	@echo "make venv             create/update $(VENV) and $(AGENT_VENV)"
 	@echo "make wheelhouse       the agents' wheels for hosts without a package index (pgha_pip_wheelhouse)"
@@ -65,7 +66,11 @@ up: bootstrap agents
 	@echo
 	@PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) $(VENV)/bin/pghactl status
 
-test: lint test-engine test-collection
+test: lint test-engine test-hosts test-collection
+
+# The test hosts' own tests (scripts/testhosts.py): they skip, saying why, when not root.
+test-hosts: bootstrap
+	$(VENV)/bin/pytest tests/hosts $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check files/agents $(wildcard plugins) scripts/testhosts.py tests/hosts

@@ -8,7 +8,10 @@
 # units     ansible-test units --venv (modules and the inventory plugin against fakes)
 # kubernetes  scripts/test-kubernetes.sh: the Kubernetes platform without a cluster (kmock, kubernetes-validate)
 # molecule  molecule test for each scenario: default (site.yml, idempotence, verify, teardown),
-#           failover, upgrade, chaos (the drills) and kubernetes (skips without a cluster)
+#           failover, upgrade, chaos (the drills), multihost (three namespace hosts over SSH: site,
+#           idempotence, verify, every partition drill, chaos with partitions), systemd (three
+#           systemd-nspawn hosts: units, idempotence, a crash drill, no stale unit) and kubernetes
+#           (skips without a cluster)
 #
 # ansible-test wants the collection at .../ansible_collections/pgha/cluster outside any git tree
 # that ignores it, so it runs on a copy of the working tree (tracked and untracked, not ignored
@@ -71,11 +74,12 @@ step_kubernetes() {
 }
 
 # The scenarios, one after another on this machine: default (site.yml, idempotence, verify,
-# teardown), then the drills of issue 4 (failover, upgrade, chaos), then kubernetes (skips, saying
-# so, without a reachable cluster). MOLECULE_SCENARIOS="default chaos" runs a subset.
+# teardown), then the drills (failover, upgrade, chaos), the several-host scenarios on test hosts
+# of scripts/testhosts.py (multihost, systemd; they need root), then kubernetes (skips, saying so,
+# without a reachable cluster). MOLECULE_SCENARIOS="default chaos" runs a subset.
 step_molecule() {
     local sc
-    for sc in ${MOLECULE_SCENARIOS:-default failover upgrade chaos kubernetes}; do
+    for sc in ${MOLECULE_SCENARIOS:-default failover upgrade chaos multihost systemd kubernetes}; do
         log "molecule test -s $sc"
         ( cd "$ROOT" && molecule test -s "$sc" )
     done

@@ -34,7 +34,7 @@ help:
 	@echo "make test-collection  scripts/test-collection.sh, when present"
 	@echo "make venv             create/update $(VENV) and $(AGENT_VENV)"
 	@echo "make wheelhouse       the agents' wheels for hosts without a package index (pgha_pip_wheelhouse)"
-	@echo "make bench            side-by-side benchmarks (pgha vs Patroni vs HAProxy; ~40 min): bench/results, docs/img"
+	@echo "make bench            side-by-side benchmarks (pgha vs Patroni vs HAProxy, partitions on test hosts; ~2.5 h): bench/results, docs/img"
 	@echo "make clean            remove build output, the dev venv, unpacked collections and test output"
 
 bootstrap:

@@ -54,6 +54,10 @@ KINDS = ["primary", "store_minority", "leader_sentinel", "leader_sentinel_with_p
 FAILOVER_KINDS = {"primary", "store_minority", "leader_sentinel_with_primary", "fail_interval_8"}
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 class Cluster:
     """pgha on the test hosts, driven with ansible-playbook and pghactl as an operator would."""
 
@@ -93,7 +97,7 @@ class Cluster:
         for path in found:
             rep = json.loads(path.read_text())
             ov = (rep.get("overlap") or {})
-            out.append({"kind": kind, "mode": mode, "report": str(path.relative_to(ROOT)), "rto_s": rep["rto_s"],
+            out.append({"kind": kind, "mode": mode, "report": _shown(path), "rto_s": rep["rto_s"],
                         "lost": rep["lost_acknowledged_writes"], "main_lost": rep.get("main_lost_acknowledged_writes"),
                         "overlap_s": ov.get("overlap_s"), "old_last_ack_s": ov.get("old_primary_last_ack_s"),
                         "new_first_ack_s": ov.get("new_primary_first_ack_s"),
@@ -102,7 +106,7 @@ class Cluster:
                         "fail_interval": rep.get("fail_interval"), "budget_violations": rep.get("budget_violations")})
         if rc != 0:
             out.append({"kind": kind, "mode": mode, "failed": f"ansible-playbook exited {rc}",
-                        "log": str((self.reports / f"{mode}-{kind}.log").relative_to(ROOT))})
+                        "log": _shown(self.reports / f"{mode}-{kind}.log")})
         return out
 
 
@@ -134,6 +138,7 @@ def main() -> int:
     ap.add_argument("--chaos-minutes", type=float, default=0, help="then chaos with kills and partitions (sync)")
     ap.add_argument("--name", default=f"pb{os.getpid() % 100000}", help="test-host run name")
     ap.add_argument("--keep", action="store_true", help="leave the test hosts running")
+    ap.add_argument("--output", default=str(common.RESULTS), help="where the result file and the reports go")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in kinds if k not in KINDS] + [m for m in args.modes.split(",") if m not in ("async", "sync")]
@@ -144,7 +149,7 @@ def main() -> int:
         return 2
     common.exit_on_sigterm()
     stamp = common.stamp()
-    reports = common.RESULTS / f"partition-{stamp}"
+    reports = Path(args.output) / f"partition-{stamp}"
     reports.mkdir(parents=True, exist_ok=True)
     hosts = testhosts.TestHosts(args.name)
     doc: dict[str, Any] = {"time": stamp, "load_before": common.load(), "drills": [], "chaos": None,
@@ -184,7 +189,7 @@ def main() -> int:
                                   log=reports / "chaos.log")
             found = sorted(set(reports.glob("chaos_*.json")) - before)
             rep = json.loads(found[-1].read_text()) if found else {}
-            doc["chaos"] = {"rc": rc, "seconds": seconds, "report": str(found[-1].relative_to(ROOT)) if found else None,
+            doc["chaos"] = {"rc": rc, "seconds": seconds, "report": _shown(found[-1]) if found else None,
                             "faults": len(rep.get("faults", [])), "failovers": rep.get("failovers"),
                             "lost": rep.get("lost_acknowledged_writes"), "worst_outage_s": rep.get("rto_s"),
                             "split_brain_windows": len(rep.get("split_brain", {}).get("windows", [])),
@@ -216,7 +221,7 @@ def main() -> int:
               f"{s['etcd_leader_on_cut_off_host']:>8}")
     for t, ok in targets.items():
         print(f"{'met' if ok else 'NOT MET':8} {t}")
-    common.write_result("partition", doc)
+    common.write_result("partition", doc, args.output)
     return 0 if all(targets.values()) else 1
 
 

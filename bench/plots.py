@@ -141,6 +141,31 @@ def bringup(name: str, doc: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def partition(name: str, doc: dict[str, Any], out: Path) -> Path:
+    """Write unavailability (median bar, worst mark) and the worst overlap of the two primaries per
+    partition kind and mode (bench/partition.py)."""
+    summary = {k: v for k, v in doc["summary"].items() if v.get("rto_median_s") is not None}
+    labels = list(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    axes[0].bar(labels, [summary[k]["rto_median_s"] for k in labels], label="median")
+    axes[0].scatter(labels, [summary[k]["rto_worst_s"] for k in labels], color="black", marker="_", s=300,
+                    label="worst")
+    axes[0].set_ylabel("write unavailability (s), majority-side client")
+    axes[0].legend(fontsize=7)
+    ov = [(k, summary[k]["overlap_worst_s"]) for k in labels if summary[k].get("overlap_worst_s") is not None]
+    axes[1].bar([k for k, _ in ov], [v for _, v in ov], color=["#55a868" if v < 0 else "#c44e52" for _, v in ov])
+    axes[1].axhline(0, color="black", linewidth=0.8)
+    axes[1].set_ylabel("worst overlap (s): old primary's last ack - new one's first")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=35, labelsize=7)
+    fig.suptitle(f"Partition drills on three hosts ({name})", fontsize=9)
+    fig.tight_layout()
+    path = out / "partition.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+")
@@ -159,6 +184,8 @@ def main() -> int:
             made.append(scale(name, doc, out))
         elif kind == "bringup":
             made.append(bringup(name, doc, out))
+        elif kind == "partition" and doc.get("summary"):
+            made.append(partition(name, doc, out))
     if proxies:
         made.append(proxy(proxies, out))
     for m in made:

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     "max_synchronous_standbys": 1,
     "max_standby_lag": 1024 * 1024,
     "use_pg_rewind": True,
+    # keep the store's (etcd's) leader off the primary's host: a partition or crash of that host then
+    # costs no etcd election on top of the failover (the leading sentinel moves the etcd leadership)
+    "store_leader_off_primary": True,
     "pg_parameters": {},
     "pg_hba": [],
     "init_mode": "new",
@@ -129,7 +132,7 @@ def normalize(doc: Any) -> dict[str, Any]:
 
     for key in DURATION_KEYS:
         spec[key] = parse_duration(key, spec[key])
-    for key in ("synchronous_replication", "use_pg_rewind"):
+    for key in ("synchronous_replication", "use_pg_rewind", "store_leader_off_primary"):
         spec[key] = _bool(key, spec[key])
     spec["min_synchronous_standbys"] = _int("min_synchronous_standbys", spec["min_synchronous_standbys"], 0)
     spec["max_synchronous_standbys"] = _int("max_synchronous_standbys", spec["max_synchronous_standbys"], 1)

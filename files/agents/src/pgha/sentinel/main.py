@@ -38,6 +38,7 @@ from pgha.model import (
     loads,
 )
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
+from pgha.sentinel.placement import store_leader_move
 from pgha.spec import DEFAULTS, SpecError, normalize
 from pgha.store import Store, StoreError, WatchEvent
 from pgha.store.lease import Lease
@@ -47,6 +48,7 @@ logger = logging.getLogger("pgha.sentinel")
 MIN_LOOP_GAP = 0.05  # seconds between two checks when store changes wake us
 STEADY_GAP = 0.5  # fraction of sleep_interval between two checks woken by status refreshes only
 STATUS_PREFIXES = ("keepers/", "proxies/", "sentinels/")
+STORE_LEADER_CHECK = 5.0  # seconds between two looks at where the store's leader runs (steady state)
 
 
 def urgent(events: list[WatchEvent], base: str) -> bool:
@@ -82,6 +84,8 @@ class Sentinel:
         self._last_problem = ""
         self._last_heartbeat = 0.0
         self.steady = False  # the leader's last check found nothing under way (see the module doc)
+        self._store_leader_checked = 0.0
+        self._store_leader_problem = ""
 
     # ------------------------------------------------------------------ lease and election
     def _ttl(self) -> int:
@@ -218,7 +222,31 @@ class Sentinel:
             logger.info(event)
         for name in decision.consumed:
             self.store.delete(self.keys.command(name))
+        if self.steady and snap.spec is not None and snap.spec.get("store_leader_off_primary", True):
+            self._place_store_leader(snap)
         return revision
+
+    def _place_store_leader(self, snap: Snapshot) -> None:
+        """Keep the store's leader off the primary's host (pgha.sentinel.placement); at most every
+        STORE_LEADER_CHECK seconds, in steady state only. A failure is logged and changes nothing."""
+        now = time.monotonic()
+        if now - self._store_leader_checked < STORE_LEADER_CHECK or snap.cd is None or snap.cd.primary is None:
+            return
+        self._store_leader_checked = now
+        primary = snap.keepers.get(snap.cd.primary)
+        if primary is None:
+            return
+        try:
+            target, why = store_leader_move(self.store.members(), primary.address)
+            if target is None:
+                return
+            self.store.move_leader(target)
+            logger.info("%s", why)
+            self._store_leader_problem = ""
+        except StoreError as exc:
+            if str(exc) != self._store_leader_problem:
+                logger.warning("could not move the store's leader off the primary's host: %s", exc)
+                self._store_leader_problem = str(exc)
 
     # ------------------------------------------------------------------ run
     def run(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 
 class StoreError(Exception):
@@ -95,6 +96,15 @@ class Store(ABC):
         if self.wait(prefix, after_revision, timeout):
             return [WatchEvent("resync", prefix, after_revision + 1)]
         return []
+
+    def members(self) -> list[dict[str, Any]]:
+        """The store's members as the endpoints see them: [{endpoint, healthy, member_id, leader}]
+        (empty where the backend has no members, like the in-memory store)."""
+        return []
+
+    def move_leader(self, member_id: str) -> None:
+        """Make ``member_id`` the store's leader (a graceful leadership transfer)."""
+        raise StoreError("this store has no leader to move")
 
     def close(self) -> None:  # pragma: no cover - default no-op
         pass

@@ -308,6 +308,30 @@ class EtcdStore(Store):
             out.append(item)
         return out
 
+    def members(self) -> list[dict[str, Any]]:
+        return self.member_health()
+
+    def move_leader(self, member_id: str) -> None:
+        """etcd's MoveLeader: sent to the current leader, which hands its leadership over."""
+        leader = next((m for m in self.member_health() if m["healthy"] and m["member_id"]
+                       and m["member_id"] == m["leader"]), None)
+        if leader is None:
+            raise StoreError("no healthy etcd leader to move the leadership from")
+        ep = next(e for e in self.endpoints if e.url == leader["endpoint"])
+        conn = self._connect(ep, self.timeout)
+        try:
+            conn.request("POST", "/v3/maintenance/transfer-leadership", body=json.dumps({"targetID": str(member_id)}),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise StoreError(f"{ep.url}: {exc or type(exc).__name__}") from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise StoreError(f"moving the etcd leadership to {member_id}: HTTP {resp.status} "
+                             f"{data.decode(errors='replace')[:200]}")
+
     def close(self) -> None:
         for idx in list(getattr(self._local, "conns", {})):
             self._drop(idx)

@@ -198,6 +198,12 @@ def main() -> int:
         doc["load_after"] = common.load()
         if not args.keep:
             hosts.destroy()
+        # the JSON reports hold the analysis: the raw client events and the logs of runs that went
+        # well are not kept (the chaos clients' events alone are megabytes)
+        failed_logs = {Path(d["log"]).name for d in doc["drills"] if "log" in d} | (
+            {"chaos.log"} if doc["chaos"] and doc["chaos"]["rc"] != 0 else set())
+        for f in list(reports.glob("*.events")) + [x for x in reports.glob("*.log") if x.name not in failed_logs]:
+            f.unlink()
     doc["summary"] = summarize(doc["drills"])
     targets = {}
     for mode in args.modes.split(","):

@@ -16,10 +16,12 @@ from ansible.module_utils.basic import missing_required_lib
 PGHA_IMPORT_ERROR = None
 try:
     from pgha.ctl import Ctl, CtlError
+    from pgha.spec import patch_between
     from pgha.store import StoreError, open_store
 except ImportError:  # pragma: no cover - exercised through HAS_PGHA in tests
     Ctl = None
     open_store = None
+    patch_between = None
 
     class CtlError(Exception):  # type: ignore[no-redef]
         """Stand-in so that except clauses work when pgha is missing."""
@@ -90,25 +92,3 @@ def fail_from(module, exc, what, **result):
     else:
         kind = type(exc).__name__
     module.fail_json(msg="%s: %s: %s" % (what, kind, exc), **result)
-
-
-def merge_patch(old, new):
-    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
-
-    Keys missing from ``new`` become ``None`` (deletion); objects are compared key by key; any
-    other value, lists included, is replaced whole.
-    """
-    patch = {}
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = value
-        elif isinstance(value, dict) and isinstance(old[key], dict):
-            sub = merge_patch(old[key], value)
-            if sub:
-                patch[key] = sub
-        elif value != old[key]:
-            patch[key] = value
-    return patch

@@ -13,8 +13,9 @@ description:
   - On a cluster that has no spec yet, writes O(spec) as C(pghactl init) does; the leading sentinel
     then picks a keeper to run initdb and makes the others replicas.
   - On an initialized cluster, compares the normalized O(spec) (defaults filled in) with the stored
-    one and, when they differ, applies the difference as a merge patch (C(pghactl update)). A rerun
-    with the same spec changes nothing.
+    one and, when they differ, stores O(spec) by compare-and-swap on the revision it read (a spec
+    changed by someone else meanwhile is read again, never merged blindly). A rerun with the same
+    spec changes nothing.
   - The spec is validated by the pgha library before anything is written; an unknown key or a bad
     value fails naming the key.
 author:
@@ -82,7 +83,7 @@ spec:
     fail_interval: 5.0
     synchronous_replication: true
 patch:
-  description: The merge patch applied to the stored spec (empty for init and for no change).
+  description: The merge patch (RFC 7386) from the stored spec to the new one (empty for init and for no change).
   returned: success
   type: dict
   sample:
@@ -95,8 +96,8 @@ from ansible_collections.pgha.cluster.plugins.module_utils.client import (
     CtlError,
     StoreError,
     fail_from,
-    merge_patch,
     open_ctl,
+    patch_between,
     store_argument_spec,
 )
 
@@ -122,17 +123,16 @@ def run(module, ctl):
             result["diff"]["after"] = result["spec"]
         return result
 
-    patch = merge_patch(current, desired)
-    if not patch:
+    if current == desired:
         return dict(changed=False, action="none", spec=current, patch={})
-    result = dict(changed=True, action="update", spec=desired, patch=patch,
+    result = dict(changed=True, action="update", spec=desired, patch=patch_between(current, desired),
                   diff=dict(before=current, after=desired))
     if not module.check_mode:
         try:
-            old, new = ctl.update(patch)
+            old, new = ctl.set_spec(spec)
         except (CtlError, StoreError) as exc:
             fail_from(module, exc, "updating the spec of " + what)
-        result.update(changed=old != new, spec=new, diff=dict(before=old, after=new))
+        result.update(changed=old != new, spec=new, patch=patch_between(old, new), diff=dict(before=old, after=new))
     return result
 
 

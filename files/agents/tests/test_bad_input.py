@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 import harness
 from pgha import spec as specmod
-from pgha.model import ClusterData, FormatError, KeeperStatus
+from pgha.model import ClusterData, Command, FormatError, KeeperStatus
 
 AGENTS = ("pgha-keeper", "pgha-sentinel", "pgha-proxy", "pghactl")
 
@@ -88,15 +89,20 @@ def test_bad_spec_names_the_key(doc: object, fragment: str) -> None:
 
 def test_spec_defaults_and_durations() -> None:
     s = specmod.normalize({"sleep_interval": "250ms", "fail_interval": "2s", "proxy_timeout": 4})
-    assert s["sleep_interval"] == 0.25 and s["fail_interval"] == 2.0 and s["proxy_timeout"] == 4.0
-    assert s["use_pg_rewind"] is True and s["pg_parameters"] == {}
+    assert s.sleep_interval == 0.25 and s.fail_interval == 2.0 and s.proxy_timeout == 4.0
+    assert s.use_pg_rewind is True and s.pg_parameters == {}
     assert specmod.normalize(s) == s  # normalizing is idempotent
+    assert specmod.normalize(s.to_dict()) == s  # the stored form parses back to the same spec
+    assert json.loads(json.dumps(s.to_dict())) == s.to_dict()
+    assert set(s.to_dict()) == set(specmod.DEFAULTS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.fail_interval = 1.0  # type: ignore[misc]
 
 
 def test_merge_patch_and_update() -> None:
     s = specmod.normalize({"pg_parameters": {"work_mem": "4MB", "maintenance_work_mem": "64MB"}})
     new = specmod.update(s, {"pg_parameters": {"work_mem": None}, "fail_interval": "5s"})
-    assert new["pg_parameters"] == {"maintenance_work_mem": "64MB"} and new["fail_interval"] == 5.0
+    assert new.pg_parameters == {"maintenance_work_mem": "64MB"} and new.fail_interval == 5.0
     with pytest.raises(specmod.SpecError, match="init_mode"):
         specmod.update(s, {"init_mode": "existing", "existing_keeper": "k1"})
 
@@ -110,6 +116,43 @@ def test_unknown_or_malformed_documents_are_refused(raw: bytes) -> None:
         ClusterData.loads(raw)
     with pytest.raises(FormatError):
         KeeperStatus.loads(raw)
+
+
+def _cd_doc(spec: object) -> bytes:
+    return json.dumps({"format_version": 1, "uid": "c1", "name": "main", "spec": spec}).encode()
+
+
+def test_cluster_data_spec_is_parsed_once_or_refused_whole() -> None:
+    cd = ClusterData.loads(_cd_doc({"fail_interval": "3s", "pg_hba": ["hostssl all all 10.0.0.0/8 scram-sha-256"]}))
+    assert cd.spec.fail_interval == 3.0 and cd.spec.pg_hba == ("hostssl all all 10.0.0.0/8 scram-sha-256",)
+    assert ClusterData.loads(cd.dumps()) == cd
+    for bad in ({"fail_interval": "soon"}, {"fail_interval": [3]}, {"pg_parameters": {"port": "1"}},
+                {"no_such_key": 1}, "fast", None):
+        with pytest.raises(FormatError, match="clusterdata"):
+            ClusterData.loads(_cd_doc(bad) if bad is not None else b'{"format_version": 1, "uid": "c1", "name": "m"}')
+
+
+@pytest.mark.parametrize("name, raw, fragment", [
+    ("switchover", b"[]", "expected a JSON object"),
+    ("switchover", b'{"id": "x"}', "format_version"),
+    ("switchover", b'{"format_version": 1, "to": 7}', "to:"),
+    ("switchover", b'{"format_version": 1, "id": ["x"]}', "id:"),
+    ("drain/k1", b'{"format_version": 1, "drained": "yes"}', "drained"),
+    ("failkeeper/K1;drop", b'{"format_version": 1}', "unknown command"),
+    ("failkeeper", b'{"format_version": 1}', "unknown command"),
+    ("reboot", b'{"format_version": 1}', "unknown command"),
+    ("removekeeper/k1", b"not json", "not valid JSON"),
+    ("removekeeper/k1", b'{"format_version": 1, "requested_at": "now"}', "requested_at"),
+])
+def test_malformed_commands_are_refused(name: str, raw: bytes, fragment: str) -> None:
+    with pytest.raises(FormatError, match=fragment):
+        Command.loads(name, raw)
+
+
+def test_commands_round_trip() -> None:
+    for cmd in (Command("switchover", id="ab12", to="k2", requested_at=5.0), Command("switchover"),
+                Command("drain", keeper="k3", drained=False), Command("failkeeper", keeper="k1")):
+        assert Command.loads(cmd.name, cmd.dumps()) == cmd
 
 
 # ------------------------------------------------------------------------------------ with a store

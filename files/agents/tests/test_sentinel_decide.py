@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -11,6 +12,7 @@ from pgha.model import (
     PHASE_INITIALIZING,
     PHASE_NORMAL,
     ClusterData,
+    Command,
     KeeperSpec,
     KeeperStatus,
     ProxySpec,
@@ -20,13 +22,13 @@ from pgha.model import (
     Transition,
 )
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
-from pgha.spec import normalize
+from pgha.spec import Spec, normalize
 
 UID = "c1"
 NOW = 1000.0
 
 
-def spec(**kw: Any) -> dict[str, Any]:
+def spec(**kw: Any) -> Spec:
     return normalize(kw)
 
 
@@ -59,12 +61,13 @@ def cluster(primary: str = "k1", replicas: tuple[str, ...] = ("k2", "k3"), **kw:
 
 def snap(cd: ClusterData | None, keepers: list[KeeperStatus], proxies: list[ProxyStatus] | None = None,
          commands: dict[str, dict[str, Any]] | None = None, mono: float = 100.0,
-         the_spec: dict[str, Any] | None = None) -> Snapshot:
+         the_spec: Spec | None = None) -> Snapshot:
     sp = the_spec if the_spec is not None else (cd.spec if cd else spec())
     return Snapshot(now=NOW, mono=mono, cluster_name="main", spec=sp, spec_uid=UID, cd=cd,
                     keepers={k.uid: k for k in keepers},
                     proxies={p.uid: p for p in (proxies if proxies is not None else [ProxyStatus("p1", generation=3)])},
-                    commands=commands or {})
+                    commands={n: Command.loads(n, json.dumps({"format_version": 1, **d}))
+                              for n, d in (commands or {}).items()})
 
 
 def healthy3(primary_lsn: int = 100) -> list[KeeperStatus]:
@@ -353,7 +356,7 @@ def test_unhealthy_primary_fails_after_fail_interval() -> None:
     s = snap(cluster(), [ks("k1", "primary", healthy=False), ks("k2"), ks("k3")], mono=100.0)
     d, cd = run(s, mem)
     assert cd.transition is None
-    s2 = replace(s, mono=100.0 + cd.spec["fail_interval"] + 0.1)
+    s2 = replace(s, mono=100.0 + cd.spec.fail_interval + 0.1)
     d, cd = run(s2, mem)
     assert cd.transition is not None and "unhealthy" in cd.transition.reason
 

@@ -12,13 +12,16 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pgha import cli
 from pgha.model import (
+    COMMAND_SWITCHOVER,
     FORMAT_VERSION,
     ROLE_PRIMARY,
     ClusterData,
+    Command,
     FormatError,
     KeeperStatus,
     ProxyStatus,
@@ -28,7 +31,7 @@ from pgha.model import (
     keys,
     loads,
 )
-from pgha.spec import SpecError, normalize, update, valid_uid
+from pgha.spec import Spec, SpecError, merge_patch, normalize, replace_whole, valid_uid
 from pgha.store import Store, StoreError
 
 
@@ -53,11 +56,16 @@ class Ctl:
             raise CtlError(str(exc)) from None
 
     def get_spec(self) -> dict[str, Any] | None:
-        doc, _ = self._spec_doc()
+        """The stored spec in its JSON form (every default filled in), None before init."""
+        spec = self._stored_spec()[0]
+        return spec.to_dict() if spec is not None else None
+
+    def _stored_spec(self) -> tuple[Spec | None, dict[str, Any] | None, int]:
+        doc, rev = self._spec_doc()
         if doc is None:
-            return None
+            return None, None, rev
         try:
-            return normalize(doc.get("spec"))
+            return normalize(doc.get("spec")), doc, rev
         except SpecError as exc:
             raise CtlError(f"stored spec is invalid: {exc}") from None
 
@@ -152,45 +160,59 @@ class Ctl:
 
     # ------------------------------------------------------------------ writing
     def normalize(self, spec: Any) -> dict[str, Any]:
+        """``spec`` validated, every default filled in (JSON form); CtlError names a bad key."""
+        return self._parse(spec).to_dict()
+
+    @staticmethod
+    def _parse(spec: Any) -> Spec:
         try:
             return normalize(spec)
         except SpecError as exc:
             raise CtlError(f"invalid spec: {exc}") from None
 
     def init(self, spec: dict[str, Any] | None, force: bool = False) -> dict[str, Any]:
-        normalized = self.normalize(spec or {})
+        normalized = self._parse(spec or {})
         doc, rev = self._spec_doc()
         if doc is not None and not force:
             raise CtlError(f"cluster {self.cluster} is already initialized (uid {doc.get('uid')}); "
                            "pass --yes to initialize a NEW cluster in its place (existing keepers keep their "
                            "data and will refuse to join the new cluster)")
         uid = uuid.uuid4().hex[:12]
-        new_doc = {"format_version": FORMAT_VERSION, "uid": uid, "spec": normalized, "created_at": time.time()}
+        new_doc = {"format_version": FORMAT_VERSION, "uid": uid, "spec": normalized.to_dict(),
+                   "created_at": time.time()}
         if not self.store.cas(self.keys.spec, dumps(new_doc), rev):
             raise CtlError("the spec changed while initializing; retry")
         if doc is not None:
             self.store.delete(self.keys.clusterdata)
             self.store.delete_prefix(self.keys.commands)
-        return normalized
+        return normalized.to_dict()
 
     def update(self, patch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Apply a merge patch to the stored spec; (old, new) in JSON form."""
+        if not isinstance(patch, dict):
+            raise CtlError("invalid update: patch: expected a JSON object")
+        return self._replace(lambda old: merge_patch(old.to_dict(), patch), "invalid update")
+
+    def set_spec(self, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Make ``spec`` (keys left out take their default) the stored spec; (old, new) in JSON form."""
+        return self._replace(lambda old: spec, "invalid spec")
+
+    def _replace(self, successor: Callable[[Spec], Any], refused: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Write successor(stored spec) by compare-and-swap on the revision read (again on a race)."""
         for _ in range(5):
-            doc, rev = self._spec_doc()
-            if doc is None:
+            old, doc, rev = self._stored_spec()
+            if old is None or doc is None:
                 raise CtlError(f"cluster {self.cluster} is not initialized (run pghactl init)")
-            old = self.normalize(doc.get("spec"))
             try:
-                new = update(old, patch)
+                new = replace_whole(old, successor(old))
             except SpecError as exc:
-                raise CtlError(f"invalid update: {exc}") from None
-            if new == old:
-                return old, new
-            if self.store.cas(self.keys.spec, dumps({**doc, "spec": new}), rev):
-                return old, new
+                raise CtlError(f"{refused}: {exc}") from None
+            if new == old or self.store.cas(self.keys.spec, dumps({**doc, "spec": new.to_dict()}), rev):
+                return old.to_dict(), new.to_dict()
         raise CtlError("the spec kept changing under us; retry")
 
-    def _request(self, name: str, doc: dict[str, Any]) -> None:
-        self.store.put(self.keys.command(name), json.dumps(doc))
+    def _request(self, cmd: Command) -> None:
+        self.store.put(self.keys.command(cmd.name), cmd.dumps())
 
     def _require_keeper(self, uid: str) -> ClusterData:
         if not valid_uid(uid):
@@ -204,13 +226,13 @@ class Ctl:
 
     def failkeeper(self, uid: str) -> None:
         self._require_keeper(uid)
-        self._request(f"failkeeper/{uid}", {"requested_at": time.time()})
+        self._request(Command("failkeeper", keeper=uid, requested_at=time.time()))
 
     def removekeeper(self, uid: str) -> None:
         cd = self._require_keeper(uid)
         if cd.primary == uid:
             raise CtlError(f"{uid} is the primary: switch over first (pghactl switchover)")
-        self._request(f"removekeeper/{uid}", {"requested_at": time.time()})
+        self._request(Command("removekeeper", keeper=uid, requested_at=time.time()))
 
     def drain(self, uid: str, drained: bool = True, timeout: float = 30.0) -> dict[str, Any]:
         """Take a replica out of the synchronous standbys and read-only targets (or put it back).
@@ -223,7 +245,7 @@ class Ctl:
         cd = self._require_keeper(uid)
         if drained and cd.primary == uid:
             raise CtlError(f"{uid} is the primary: switch over first (pghactl switchover)")
-        self._request(f"drain/{uid}", {"drained": drained, "requested_at": time.time()})
+        self._request(Command("drain", keeper=uid, drained=drained, requested_at=time.time()))
         deadline = time.monotonic() + timeout
         state: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -265,7 +287,7 @@ class Ctl:
         if to is not None:
             self._require_keeper(to)
         rid = uuid.uuid4().hex[:8]
-        self._request("switchover", {"id": rid, "to": to, "requested_at": time.time()})
+        self._request(Command(COMMAND_SWITCHOVER, id=rid, to=to, requested_at=time.time()))
         deadline = time.monotonic() + timeout
         seen = False
         while time.monotonic() < deadline:
@@ -318,6 +340,114 @@ def _load_json(text: str, what: str) -> Any:
         cli.die(f"{what} is not valid JSON: {exc}", 2)
 
 
+# ------------------------------------------------------------------ the command line
+# One function per subcommand: it gets the parsed arguments and a Ctl, prints what was done.
+
+
+def _cmd_init(args: argparse.Namespace, ctl: Ctl) -> None:
+    if args.spec_file:
+        text = sys.stdin.read() if args.spec_file == "-" else open(args.spec_file).read()
+        spec = _load_json(text, f"spec file {args.spec_file}")
+    else:
+        spec = _load_json(args.spec, "--spec") if args.spec else {}
+    ctl.init(spec, force=args.yes)
+    print(f"cluster {args.cluster_name} initialized; the leading sentinel will now pick a keeper to run initdb")
+
+
+def _cmd_status(args: argparse.Namespace, ctl: Ctl) -> None:
+    st = ctl.status()
+    print(json.dumps(st, indent=2, sort_keys=True) if args.format == "json" else _text_status(st))
+
+
+def _cmd_spec(args: argparse.Namespace, ctl: Ctl) -> None:
+    spec = ctl.get_spec()
+    if spec is None:
+        cli.die(f"cluster {args.cluster_name} is not initialized")
+    print(json.dumps(spec, indent=2, sort_keys=True))
+
+
+def _cmd_update(args: argparse.Namespace, ctl: Ctl) -> None:
+    old, new = ctl.update(_load_json(args.patch, "--patch"))
+    changed = sorted(k for k in new if old.get(k) != new.get(k))
+    print("spec unchanged" if not changed else "spec updated: " + ", ".join(changed))
+
+
+def _cmd_switchover(args: argparse.Namespace, ctl: Ctl) -> None:
+    r = ctl.switchover(args.to, timeout=args.timeout)
+    print(f"switchover done: primary moved from {r['from']} to {r['to']} in {r['seconds']}s")
+
+
+def _cmd_drain(args: argparse.Namespace, ctl: Ctl) -> None:
+    r = ctl.drain(args.uid, drained=not args.undo, timeout=args.timeout)
+    if args.undo:
+        print(f"keeper {args.uid} is no longer drained")
+    elif r["synchronous"]:
+        print(f"keeper {args.uid} is drained but still a synchronous standby: no other streaming replica can "
+              "take its place, so restarting it stalls commits until it is back")
+    else:
+        print(f"keeper {args.uid} is drained: not a synchronous standby, no read-only clients are sent to it")
+
+
+def _cmd_failkeeper(args: argparse.Namespace, ctl: Ctl) -> None:
+    ctl.failkeeper(args.uid)
+    print(f"requested: keeper {args.uid} will be treated as failed once")
+
+
+def _cmd_removekeeper(args: argparse.Namespace, ctl: Ctl) -> None:
+    ctl.removekeeper(args.uid)
+    print(f"requested: keeper {args.uid} will be removed")
+
+
+def _args_init(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--spec", help="the spec as JSON")
+    g.add_argument("--spec-file", help="read the spec from this JSON file ('-' for stdin)")
+    sp.add_argument("--yes", "-y", action="store_true", help="re-initialize an already initialized cluster")
+
+
+def _args_status(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def _args_update(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--patch", required=True, help='merge patch, e.g. \'{"fail_interval": "5s"}\'')
+
+
+def _args_switchover(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--to", help="target keeper uid (default: the best eligible replica)")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for completion")
+
+
+def _args_drain(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("uid")
+    sp.add_argument("--undo", action="store_true", help="end the drain: the keeper may be synchronous and serve reads again")
+    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait until the drain settles")
+
+
+def _args_uid(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("uid")
+
+
+def _no_args(sp: argparse.ArgumentParser) -> None:
+    pass
+
+
+Handler = Callable[[argparse.Namespace, Ctl], None]
+# name -> (help, its arguments, what it does), in the order --help lists them
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
+    "init": ("initialize a new cluster with a spec", _args_init, _cmd_init),
+    "status": ("show the cluster, keepers, sentinels and proxies", _args_status, _cmd_status),
+    "spec": ("print the current spec with defaults filled in (JSON)", _no_args, _cmd_spec),
+    "update": ("change the spec with a JSON merge patch (validated first)", _args_update, _cmd_update),
+    "switchover": ("move the primary to another keeper with minimal write downtime", _args_switchover,
+                   _cmd_switchover),
+    "drain": ("before maintenance of a replica: move the synchronous standby role and read-only clients away "
+              "from it, so that restarting it stalls no commit (--undo: end it)", _args_drain, _cmd_drain),
+    "failkeeper": ("make the sentinel treat a keeper as failed once (forces failover)", _args_uid, _cmd_failkeeper),
+    "removekeeper": ("remove a (dead) keeper from the cluster", _args_uid, _cmd_removekeeper),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.common_parser(
         "pghactl", "Initialize, inspect and steer a pgha cluster.", require_cluster=False,
@@ -328,77 +458,14 @@ def main(argv: list[str] | None = None) -> int:
                "  pghactl --cluster-name main switchover --to keeper1")
     common = cli.suppressed_common_flags()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
-
-    sp = add("init", "initialize a new cluster with a spec")
-    g = sp.add_mutually_exclusive_group()
-    g.add_argument("--spec", help="the spec as JSON")
-    g.add_argument("--spec-file", help="read the spec from this JSON file ('-' for stdin)")
-    sp.add_argument("--yes", "-y", action="store_true", help="re-initialize an already initialized cluster")
-    sp = add("status", "show the cluster, keepers, sentinels and proxies")
-    sp.add_argument("--format", choices=["text", "json"], default="text")
-    add("spec", "print the current spec with defaults filled in (JSON)")
-    sp = add("update", "change the spec with a JSON merge patch (validated first)")
-    sp.add_argument("--patch", required=True, help='merge patch, e.g. \'{"fail_interval": "5s"}\'')
-    sp = add("switchover", "move the primary to another keeper with minimal write downtime")
-    sp.add_argument("--to", help="target keeper uid (default: the best eligible replica)")
-    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for completion")
-    sp = add("drain", "before maintenance of a replica: move the synchronous standby role and read-only "
-                      "clients away from it, so that restarting it stalls no commit (--undo: end it)")
-    sp.add_argument("uid")
-    sp.add_argument("--undo", action="store_true", help="end the drain: the keeper may be synchronous and serve reads again")
-    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait until the drain settles")
-    sp = add("failkeeper", "make the sentinel treat a keeper as failed once (forces failover)")
-    sp.add_argument("uid")
-    sp = add("removekeeper", "remove a (dead) keeper from the cluster")
-    sp.add_argument("uid")
+    for name, (help, add_arguments, _) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help, description=help, parents=[common]))
     args = p.parse_args(argv)
     if not args.cluster_name:
         p.error("the following arguments are required: --cluster-name (or PGHA_CLUSTER_NAME)")
 
     try:
-        ctl = Ctl(cli.store_from_args(args), args.store_prefix, args.cluster_name)
-        if args.command == "init":
-            if args.spec_file:
-                text = sys.stdin.read() if args.spec_file == "-" else open(args.spec_file).read()
-                spec = _load_json(text, f"spec file {args.spec_file}")
-            else:
-                spec = _load_json(args.spec, "--spec") if args.spec else {}
-            ctl.init(spec, force=args.yes)
-            print(f"cluster {args.cluster_name} initialized; the leading sentinel will now pick a keeper "
-                  "to run initdb")
-        elif args.command == "status":
-            st = ctl.status()
-            print(json.dumps(st, indent=2, sort_keys=True) if args.format == "json" else _text_status(st))
-        elif args.command == "spec":
-            spec = ctl.get_spec()
-            if spec is None:
-                cli.die(f"cluster {args.cluster_name} is not initialized")
-            print(json.dumps(spec, indent=2, sort_keys=True))
-        elif args.command == "update":
-            old, new = ctl.update(_load_json(args.patch, "--patch"))
-            changed = sorted(k for k in new if old.get(k) != new.get(k))
-            print("spec unchanged" if not changed else "spec updated: " + ", ".join(changed))
-        elif args.command == "switchover":
-            r = ctl.switchover(args.to, timeout=args.timeout)
-            print(f"switchover done: primary moved from {r['from']} to {r['to']} in {r['seconds']}s")
-        elif args.command == "drain":
-            r = ctl.drain(args.uid, drained=not args.undo, timeout=args.timeout)
-            if args.undo:
-                print(f"keeper {args.uid} is no longer drained")
-            elif r["synchronous"]:
-                print(f"keeper {args.uid} is drained but still a synchronous standby: no other streaming replica can "
-                      "take its place, so restarting it stalls commits until it is back")
-            else:
-                print(f"keeper {args.uid} is drained: not a synchronous standby, no read-only clients are sent to it")
-        elif args.command == "failkeeper":
-            ctl.failkeeper(args.uid)
-            print(f"requested: keeper {args.uid} will be treated as failed once")
-        elif args.command == "removekeeper":
-            ctl.removekeeper(args.uid)
-            print(f"requested: keeper {args.uid} will be removed")
+        SUBCOMMANDS[args.command][2](args, Ctl(cli.store_from_args(args), args.store_prefix, args.cluster_name))
     except CtlError as exc:
         cli.die(str(exc))
     except StoreError as exc:

@@ -7,8 +7,8 @@ Store layout under ``/<prefix>/<cluster>/``:
 * ``clusterdata``     the desired cluster (written only by the leading sentinel, CAS)
 * ``sentinel-leader`` the election key, bound to the leader's lease
 * ``keepers/<uid>``, ``sentinels/<uid>``, ``proxies/<uid>``  status, each under its agent's lease
-* ``commands/<name>`` requests from ``pghactl`` (switchover, failkeeper, removekeeper) that the
-  leading sentinel consumes
+* ``commands/<name>`` requests from ``pghactl`` (``switchover``, ``failkeeper/<uid>``,
+  ``removekeeper/<uid>``, ``drain/<uid>``; ``Command``) that the leading sentinel consumes
 
 Every document carries ``format_version``; a reader that does not know the version refuses it.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from pgha.spec import Spec, SpecError, normalize, valid_uid
 
 FORMAT_VERSION = 1
 
@@ -212,7 +214,7 @@ class Transition:
 class ClusterData:
     uid: str
     name: str
-    spec: dict[str, Any]
+    spec: Spec  # the spec key's, copied by the leading sentinel
     phase: str = PHASE_INITIALIZING
     generation: int = 0
     primary: str | None = None
@@ -230,6 +232,7 @@ class ClusterData:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["spec"] = self.spec.to_dict()
         d["format_version"] = FORMAT_VERSION
         return d
 
@@ -240,10 +243,16 @@ class ClusterData:
     def from_dict(d: dict[str, Any]) -> "ClusterData":
         _check_version(d, "clusterdata")
         try:
+            spec = normalize(d["spec"])
+        except SpecError as exc:
+            raise FormatError(f"clusterdata: its spec does not validate ({exc})") from None
+        except KeyError:
+            raise FormatError("clusterdata: malformed (no spec)") from None
+        try:
             return ClusterData(
                 uid=str(d["uid"]),
                 name=str(d["name"]),
-                spec=dict(d["spec"]),
+                spec=spec,
                 phase=str(d.get("phase", PHASE_INITIALIZING)),
                 generation=int(d.get("generation", 0)),
                 primary=d.get("primary"),
@@ -421,6 +430,70 @@ class SentinelStatus:
         d = loads(raw, "sentinel status")
         return SentinelStatus(uid=str(d.get("uid", "")), reported_at=float(d.get("reported_at", 0.0)),
                               host=str(d.get("host", "")))
+
+
+# --------------------------------------------------------------------------------------------
+# Commands (pghactl's requests; the leading sentinel consumes them)
+
+COMMAND_SWITCHOVER = "switchover"
+KEEPER_COMMANDS = ("failkeeper", "removekeeper", "drain")  # commands/<kind>/<keeper uid>
+
+
+@dataclass(frozen=True)
+class Command:
+    """A request under ``commands/<name>``: ``switchover``, or ``<kind>/<keeper uid>`` for the
+    keeper commands. One key per request kind and keeper: a newer request replaces an older one."""
+
+    kind: str  # switchover | failkeeper | removekeeper | drain
+    keeper: str | None = None  # the keeper a keeper command is about (from the key name)
+    id: str = ""  # switchover: the request id pghactl waits for in last_switchover
+    to: str | None = None  # switchover: the wanted new primary (None: the sentinel chooses)
+    drained: bool = True  # drain: take the keeper out (True) or put it back (False)
+    requested_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.keeper is None else f"{self.kind}/{self.keeper}"
+
+    def dumps(self) -> str:
+        doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "requested_at": self.requested_at}
+        if self.kind == COMMAND_SWITCHOVER:
+            doc.update(id=self.id, to=self.to)
+        elif self.kind == "drain":
+            doc["drained"] = self.drained
+        return dumps(doc)
+
+    @staticmethod
+    def loads(name: str, raw: bytes | str) -> "Command":
+        """The command stored under ``commands/<name>``; FormatError for an unknown name or a
+        malformed document."""
+        what = f"command {name!r}"
+        kind, _, keeper = name.partition("/")
+        if kind == COMMAND_SWITCHOVER and not keeper:
+            keeper_uid = None
+        elif kind in KEEPER_COMMANDS and valid_uid(keeper):
+            keeper_uid = keeper
+        else:
+            raise FormatError(f"{what}: unknown command (known: switchover, "
+                              f"{', '.join(k + '/<keeper uid>' for k in KEEPER_COMMANDS)})")
+        d = loads(raw, what)
+        requested_at = d.get("requested_at", 0.0)
+        if isinstance(requested_at, bool) or not isinstance(requested_at, (int, float)):
+            raise FormatError(f"{what}: requested_at: expected a number, got {requested_at!r}")
+        cmd = Command(kind=kind, keeper=keeper_uid, requested_at=float(requested_at))
+        if kind == COMMAND_SWITCHOVER:
+            rid, to = d.get("id", ""), d.get("to")
+            if not isinstance(rid, str) or len(rid) > 64:
+                raise FormatError(f"{what}: id: expected a short string, got {rid!r}")
+            if to is not None and not (isinstance(to, str) and valid_uid(to)):
+                raise FormatError(f"{what}: to: expected a keeper uid or null, got {to!r}")
+            return replace(cmd, id=rid, to=to)
+        if kind == "drain":
+            drained = d.get("drained", True)
+            if not isinstance(drained, bool):
+                raise FormatError(f"{what}: drained: expected true or false, got {drained!r}")
+            return replace(cmd, drained=drained)
+        return cmd
 
 
 def lsn_to_int(text: str | None) -> int | None:

@@ -1,14 +1,17 @@
 """The cluster specification: what the operator asks for, validated and with defaults filled in.
 
 The spec is JSON with snake_case keys. Durations are numbers of seconds or strings such as
-``"500ms"``, ``"5s"``, ``"2m"``. ``normalize()`` turns a user document into the canonical form
-(every key present, durations as float seconds) or raises ``SpecError`` naming the bad key.
+``"500ms"``, ``"5s"``, ``"2m"``. ``normalize()`` turns a user document into a ``Spec`` (every key
+present, durations as float seconds) or raises ``SpecError`` naming the bad key. The spec is parsed
+once, where it is read (the spec key, the cluster data's copy of it); agents use the ``Spec`` and
+never merge defaults themselves. ``Spec.to_dict()`` is the canonical JSON form that is stored.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Defaults are chosen for fast, safe failover on a LAN: a keeper whose lease is not renewed for
@@ -115,8 +118,44 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
-def normalize(doc: Any) -> dict[str, Any]:
-    """Validate a user spec and return it with every default filled in."""
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec, every key present (see DEFAULTS for what each means)."""
+
+    sleep_interval: float
+    fail_interval: float
+    proxy_check_interval: float
+    proxy_timeout: float
+    synchronous_replication: bool
+    min_synchronous_standbys: int
+    max_synchronous_standbys: int
+    max_standby_lag: int
+    use_pg_rewind: bool
+    store_leader_off_primary: bool
+    pg_parameters: dict[str, str] = field(hash=False)
+    pg_hba: tuple[str, ...]
+    init_mode: str
+    existing_keeper: str | None
+    convergence_timeout: float
+    switchover_timeout: float
+    dead_keeper_removal_interval: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form (what is stored and printed)."""
+        d = asdict(self)
+        d["pg_hba"] = list(self.pg_hba)
+        return d
+
+
+def default() -> Spec:
+    """The spec of a cluster initialized with ``{}``."""
+    return normalize({})
+
+
+def normalize(doc: Any) -> Spec:
+    """Validate a user spec (a JSON object, or a Spec) and return it with every default filled in."""
+    if isinstance(doc, Spec):
+        return doc
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -182,7 +221,8 @@ def normalize(doc: Any) -> dict[str, Any]:
         uid = spec["existing_keeper"]
         if not isinstance(uid, str) or not _IDENT.match(uid):
             raise SpecError("existing_keeper: init_mode 'existing' needs the uid of the keeper whose data to adopt")
-    return spec
+    spec["pg_hba"] = tuple(hba)
+    return Spec(**spec)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -198,14 +238,37 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def update(current: dict[str, Any], patch: Any) -> dict[str, Any]:
-    """Apply a merge patch to a normalized spec; refuses changes that cannot be applied live."""
+def update(current: Spec, patch: Any) -> Spec:
+    """Apply a merge patch to a spec; refuses changes that cannot be applied live."""
     if not isinstance(patch, dict):
         raise SpecError("patch: expected a JSON object")
-    new = normalize(merge_patch(current, patch))
-    if new["init_mode"] != current["init_mode"]:
+    return replace_whole(current, merge_patch(current.to_dict(), patch))
+
+
+def replace_whole(current: Spec, doc: Any) -> Spec:
+    """The spec ``doc`` (keys left out take their default) as the successor of ``current``; refuses
+    changes that cannot be applied live."""
+    new = normalize(doc)
+    if new.init_mode != current.init_mode:
         raise SpecError("init_mode cannot be changed after init")
     return new
+
+
+def patch_between(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns the JSON document ``old`` into ``new`` ({} when equal)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return copy.deepcopy(new)
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            sub = patch_between(old[key], value)
+            if sub != {}:
+                patch[key] = sub
+        elif value != old[key]:
+            patch[key] = copy.deepcopy(value)
+    return patch
 
 
 def valid_uid(uid: str) -> bool:

@@ -96,6 +96,15 @@ class FakeCtl:
         self.spec = self.normalize(new)
         return old, copy.deepcopy(self.spec)
 
+    def set_spec(self, spec):
+        self.calls.append(("set_spec", spec))
+        self._maybe_fail()
+        if self.spec is None:
+            raise client.CtlError("cluster main is not initialized")
+        old = copy.deepcopy(self.spec)
+        self.spec = self.normalize(spec)
+        return old, copy.deepcopy(self.spec)
+
     def status(self):
         self.calls.append(("status",))
         self._maybe_fail()

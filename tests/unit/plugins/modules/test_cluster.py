@@ -44,10 +44,10 @@ def test_same_spec_again_changes_nothing(run_module, use_ctl):
     result, failed = run_module(cluster, dict(ARGS, spec={"fail_interval": 5.0}), diff=True)
     assert not failed
     assert result["changed"] is False and result["action"] == "none"
-    assert "update" not in ctl.names()
+    assert "set_spec" not in ctl.names()
 
 
-def test_changed_spec_is_applied_as_a_merge_patch_with_diff(run_module, use_ctl):
+def test_changed_spec_is_stored_whole_with_its_patch_and_diff(run_module, use_ctl):
     ctl = use_ctl(FakeCtl(spec=None))
     run_module(cluster, dict(ARGS, spec={"fail_interval": 5.0, "pg_parameters": {"work_mem": "8MB"}}))
     result, failed = run_module(cluster, dict(ARGS, spec={"synchronous_replication": True,
@@ -67,7 +67,7 @@ def test_update_in_check_mode_shows_the_diff_and_writes_nothing(run_module, use_
                                 check_mode=True, diff=True)
     assert not failed and result["changed"] and result["action"] == "update"
     assert result["diff"]["after"]["synchronous_replication"] is True
-    assert "update" not in ctl.names() and ctl.spec["synchronous_replication"] is False
+    assert "set_spec" not in ctl.names() and ctl.spec["synchronous_replication"] is False
 
 
 def test_invalid_spec_fails_naming_the_key(run_module, use_ctl):
@@ -85,7 +85,9 @@ def test_store_error_is_reported_clearly(run_module, use_ctl):
     assert "store error" in result["msg"] and "connection refused" in result["msg"]
 
 
-def test_merge_patch_of_equal_documents_is_empty():
-    assert client.merge_patch({"a": {"b": 1}, "c": [1]}, {"a": {"b": 1}, "c": [1]}) == {}
-    assert client.merge_patch({"a": 1}, {}) == {"a": None}
-    assert client.merge_patch({"c": [1, 2]}, {"c": [2]}) == {"c": [2]}
+def test_the_patch_reported_is_the_one_between_the_documents():
+    patch_between = client.patch_between  # pgha.spec's, as the module uses it
+    assert patch_between({"a": {"b": 1}, "c": [1]}, {"a": {"b": 1}, "c": [1]}) == {}
+    assert patch_between({"a": 1}, {}) == {"a": None}
+    assert patch_between({"c": [1, 2]}, {"c": [2]}) == {"c": [2]}
+    assert patch_between({"p": {"x": "1", "y": "2"}}, {"p": {"y": "3"}}) == {"p": {"x": None, "y": "3"}}

@@ -49,7 +49,7 @@ from pgha.model import (
     keys,
     lsn_to_int,
 )
-from pgha.spec import DEFAULTS, valid_uid
+from pgha.spec import Spec, default, valid_uid
 from pgha.store import Store, StoreError
 from pgha.store.lease import Lease, fence_margin
 
@@ -105,7 +105,7 @@ class Keeper:
                                     repl_username=args.pg_repl_username, repl_password=repl_password))
         self.advertise = f"{args.pg_advertise_address or args.pg_listen_address}:{args.pg_advertise_port or args.pg_port}"
         self.boot_id = uuid.uuid4().hex[:12]
-        self.spec: dict[str, Any] = dict(DEFAULTS)
+        self.spec: Spec = default()
         self.cd: ClusterData | None = None
         self.cd_rev = 0
         self.lock = threading.RLock()  # held while starting or stopping PostgreSQL
@@ -157,7 +157,7 @@ class Keeper:
     # ================================================================== lease and fencing
     def ttl(self) -> int:
         """The lease TTL to ask for: the spec's fail_interval in whole seconds (at least 2)."""
-        return max(2, math.ceil(self.spec["fail_interval"]))
+        return max(2, math.ceil(self.spec.fail_interval))
 
     def update_fence(self) -> bool:
         """Make ``fenced`` follow the lease; returns it. Called by the fence timer and after each
@@ -297,7 +297,7 @@ class Keeper:
     def publish(self, st: KeeperStatus) -> None:
         body = replace(st, reported_at=0.0).dumps()
         now = time.monotonic()
-        if body == self._last_put and now - self._last_put_at < 5 * self.spec["sleep_interval"]:
+        if body == self._last_put and now - self._last_put_at < 5 * self.spec.sleep_interval:
             return
         self.store.put(self.keys.keeper(self.uid), st.dumps(), lease=self.lease.id)
         self._last_put, self._last_put_at = body, now
@@ -316,7 +316,7 @@ class Keeper:
                 if str(exc) != problem:
                     logger.warning("cannot renew our lease: %s", exc)
                     problem = str(exc)
-            left = min(LEASE_TICK, self.spec["sleep_interval"]) - (time.monotonic() - started)
+            left = min(LEASE_TICK, self.spec.sleep_interval) - (time.monotonic() - started)
             if left > 0:
                 self.stopping.wait(left)
 
@@ -340,7 +340,7 @@ class Keeper:
                 if str(exc) != problem:
                     logger.warning("cannot publish our status: %s", exc)
                     problem = str(exc)
-            left = self.spec["sleep_interval"] - (time.monotonic() - started)
+            left = self.spec.sleep_interval - (time.monotonic() - started)
             if left > 0:
                 self.stopping.wait(left)
 
@@ -359,7 +359,7 @@ class Keeper:
             self.cd_rev = kv.mod_revision
             return False
         self.cd, self.cd_rev = cd, kv.mod_revision
-        self.spec = {**DEFAULTS, **cd.spec}
+        self.spec = cd.spec
         return True
 
     def local(self) -> kd.Local:
@@ -396,13 +396,13 @@ class Keeper:
         changed, ok, last_read = True, False, 0.0
         while not self.stopping.is_set():
             stale = self.cd_read_at < self.fence_lifted_at
-            if changed or not ok or stale or time.monotonic() - last_read >= REREAD_EVERY * self.spec["sleep_interval"]:
+            if changed or not ok or stale or time.monotonic() - last_read >= REREAD_EVERY * self.spec.sleep_interval:
                 try:
                     ok = self.read_cd()
                     last_read = time.monotonic()
                 except StoreError as exc:
                     self.set_error(f"cannot read the cluster data: {exc}")
-                    self.stopping.wait(self.spec["sleep_interval"])
+                    self.stopping.wait(self.spec.sleep_interval)
                     continue
             if ok:
                 try:
@@ -410,10 +410,10 @@ class Keeper:
                 except (PgError, psycopg2.Error, OSError) as exc:
                     self.set_error(f"{self.last_action[0]} failed: {str(exc).strip()}")
             try:
-                changed = self.store.wait(self.keys.clusterdata, self.cd_rev, self.spec["sleep_interval"])
+                changed = self.store.wait(self.keys.clusterdata, self.cd_rev, self.spec.sleep_interval)
             except StoreError:
                 changed = True
-                self.stopping.wait(self.spec["sleep_interval"])
+                self.stopping.wait(self.spec.sleep_interval)
 
     def step(self) -> None:
         if self.cd_read_at < self.fence_lifted_at:
@@ -423,7 +423,7 @@ class Keeper:
         follow_addr = None
         if cd and want and want.role == ROLE_REPLICA and want.follow and want.follow in cd.keepers:
             follow_addr = cd.keepers[want.follow].address or None
-        rewind_after = max(5.0, 2 * self.spec["fail_interval"])
+        rewind_after = max(5.0, 2 * self.spec.fail_interval)
         action = kd.decide(want, cd.uid if cd else None, follow_addr, self.local(), rewind_after)
         if (action.kind, action.reason) != self.last_action:
             quiet = action.kind in (kd.WAIT, kd.RECONCILE_PRIMARY, kd.RECONCILE_REPLICA)
@@ -438,7 +438,7 @@ class Keeper:
     # ================================================================== actions
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
-        params.update(self.spec.get("pg_parameters") or {})
+        params.update(self.spec.pg_parameters)
         if not primary:
             for name, default in HOT_STANDBY_PARAMETERS.items():
                 upstream = self.primary_minimums.get(name)
@@ -473,7 +473,7 @@ class Keeper:
             f"host all {su} 0.0.0.0/0 scram-sha-256",
             f"host all {su} ::/0 scram-sha-256",
         ]
-        lines += self.spec.get("pg_hba") or ["host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"]
+        lines += list(self.spec.pg_hba) or ["host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"]
         return lines
 
     def conninfo(self, address: str) -> str:
@@ -500,7 +500,7 @@ class Keeper:
             c.close()
         if found != self.primary_minimums:
             raised = {k: v for k, v in found.items()
-                      if v > int((self.spec.get("pg_parameters") or {}).get(k, HOT_STANDBY_PARAMETERS[k]))}
+                      if v > int((self.spec.pg_parameters).get(k, HOT_STANDBY_PARAMETERS[k]))}
             if raised:
                 logger.info("the primary runs %s: this replica uses at least as much (a hot standby cannot run "
                             "with less)", ", ".join(f"{k}={v}" for k, v in sorted(raised.items())))
@@ -661,7 +661,7 @@ class Keeper:
             self.pg.stop("fast", timeout=10)
         host, port = follow_addr.rsplit(":", 1)
         rewound = False
-        if self.spec.get("use_pg_rewind", True):
+        if self.spec.use_pg_rewind:
             self.phase = "rewind"
             t0 = time.monotonic()
             try:

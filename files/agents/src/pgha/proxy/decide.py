@@ -24,7 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from pgha.model import ClusterData
-from pgha.spec import DEFAULTS
+from pgha.spec import Spec, default
+
+_DEFAULT = default()
 
 # A route: (keeper uid, "host:port" of its PostgreSQL)
 Route = tuple[str, str]
@@ -47,8 +49,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class ProxyState:
-    check_interval: float = float(DEFAULTS["proxy_check_interval"])
-    timeout: float = float(DEFAULTS["proxy_timeout"])
+    check_interval: float = _DEFAULT.proxy_check_interval
+    timeout: float = _DEFAULT.proxy_timeout
     last_good: float | None = None  # monotonic time of the last trusted read (None: never)
     trusted: bool = False  # the last read was trusted
     distrust: str = "no store read yet"  # why the store is not trusted (when not trusted)
@@ -81,12 +83,8 @@ class Actions:
     messages: tuple[str, ...] = field(default=())  # what was decided and why (one INFO line each)
 
 
-def _timings(spec: dict) -> tuple[float, float]:
-    check = float(spec.get("proxy_check_interval", DEFAULTS["proxy_check_interval"]))
-    timeout = float(spec.get("proxy_timeout", DEFAULTS["proxy_timeout"]))
-    if not (0 < check and 0 < timeout):
-        raise ValueError(f"proxy_check_interval {check} and proxy_timeout {timeout} must be positive")
-    return check, timeout
+def _timings(spec: Spec) -> tuple[float, float]:
+    return spec.proxy_check_interval, spec.proxy_timeout
 
 
 def routes(cd: ClusterData | None) -> tuple[int, Route | None, tuple[Route, ...], list[str]]:
@@ -124,12 +122,6 @@ def decide(state: ProxyState, obs: Observation | None, now: float) -> Actions:
     ack = False
     st = state
 
-    if obs is not None and obs.error is None and obs.cd is not None:
-        try:
-            check, timeout = _timings(obs.cd.spec)
-        except (TypeError, ValueError) as exc:
-            obs = replace(obs, cd=None, error=f"clusterdata: bad proxy timings in spec ({exc})")
-
     if obs is not None and obs.error is not None:
         if st.trusted or st.distrust != obs.error:
             messages.append(f"cannot trust the store: {obs.error}; not acting on it")
@@ -138,7 +130,7 @@ def decide(state: ProxyState, obs: Observation | None, now: float) -> Actions:
         if obs.cd is not None:
             check, timeout = _timings(obs.cd.spec)
         else:
-            check, timeout = float(DEFAULTS["proxy_check_interval"]), float(DEFAULTS["proxy_timeout"])
+            check, timeout = _timings(_DEFAULT)
         last_good = obs.at if st.last_good is None else max(st.last_good, obs.at)
         if not st.trusted and st.last_good is not None:
             messages.append(f"store readable again (was: {st.distrust})")

@@ -50,15 +50,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from pgha.model import (
+    COMMAND_SWITCHOVER,
     PHASE_INITIALIZING,
     PHASE_NORMAL,
     ROLE_NONE,
     ROLE_PRIMARY,
     ROLE_REPLICA,
     ClusterData,
+    Command,
     KeeperSpec,
     KeeperStatus,
     ProxySpec,
@@ -66,6 +67,7 @@ from pgha.model import (
     SyncState,
     Transition,
 )
+from pgha.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,12 @@ class Snapshot:
     now: float  # wall clock, for timestamps written to the store
     mono: float  # monotonic clock, for timers
     cluster_name: str
-    spec: dict[str, Any] | None  # normalized spec from the spec key, None before init
+    spec: Spec | None  # the spec key's, parsed; None before init
     spec_uid: str | None  # the cluster uid the spec was created with
     cd: ClusterData | None
     keepers: dict[str, KeeperStatus]  # live keepers (status key present)
     proxies: dict[str, ProxyStatus]  # live proxies
-    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # command key name -> document
+    commands: dict[str, Command] = field(default_factory=dict)  # command key name -> request
     keeper_leases: dict[str, int] = field(default_factory=dict)  # live keeper -> lease of its status key
     # absent keeper (the primary, or a transition's old primary) -> whether the lease its status key
     # had when this sentinel last saw it still exists (asked by the sentinel; missing: never seen)
@@ -135,10 +137,10 @@ def _decide(ctx: _Ctx, cd: ClusterData | None) -> ClusterData | None:
     if cd is None or cd.uid != snap.spec_uid:
         ctx.log(f"creating cluster data for cluster {snap.cluster_name} (uid {snap.spec_uid}), phase initializing")
         ctx.mem.init_started = snap.mono
-        return ClusterData(uid=snap.spec_uid, name=snap.cluster_name, spec=dict(snap.spec))
+        return ClusterData(uid=snap.spec_uid, name=snap.cluster_name, spec=snap.spec)
     if cd.spec != snap.spec:
         ctx.log("spec changed: distributing the new spec to the keepers")
-        cd = replace(cd, spec=dict(snap.spec))
+        cd = replace(cd, spec=snap.spec)
 
     _track_health(ctx, cd)
     cd = _membership(ctx, cd)
@@ -181,10 +183,10 @@ def _failure_reason(ctx: _Ctx, cd: ClusterData, uid: str) -> str | None:
     if st is None:
         return "its lease expired (no status in the store)"
     since = ctx.mem.unhealthy_since.get(uid)
-    if since is not None and snap.mono - since > cd.spec["fail_interval"]:
-        return f"PostgreSQL unhealthy for {snap.mono - since:.1f}s (> fail_interval {cd.spec['fail_interval']}s)"
+    if since is not None and snap.mono - since > cd.spec.fail_interval:
+        return f"PostgreSQL unhealthy for {snap.mono - since:.1f}s (> fail_interval {cd.spec.fail_interval}s)"
     if uid == cd.primary and cd.transition is None and st.role != ROLE_PRIMARY and since is not None \
-            and snap.mono - since > cd.spec["fail_interval"]:
+            and snap.mono - since > cd.spec.fail_interval:
         return "not running as primary"
     return None
 
@@ -219,7 +221,7 @@ def _membership(ctx: _Ctx, cd: ClusterData) -> ClusterData:
             ctx.log(f"keeper {uid} now advertises {st.address}")
             cd = cd.with_keeper(uid, address=st.address)
     # dead keeper removal: long gone, never the primary or a transition party
-    limit = cd.spec["dead_keeper_removal_interval"]
+    limit = cd.spec.dead_keeper_removal_interval
     for uid in sorted(cd.keepers):
         if uid in snap.keepers or uid == cd.primary:
             continue
@@ -254,8 +256,8 @@ def _initialize(ctx: _Ctx, cd: ClusterData) -> ClusterData:
     snap = ctx.snap
     spec = cd.spec
     if cd.primary is None:
-        if spec["init_mode"] == "existing":
-            uid = spec["existing_keeper"]
+        if spec.init_mode == "existing":
+            uid = spec.existing_keeper
             st = snap.keepers.get(uid)
             if st is None:
                 return replace(cd, message=f"waiting for keeper {uid} (init_mode existing) to register")
@@ -288,9 +290,9 @@ def _initialize(ctx: _Ctx, cd: ClusterData) -> ClusterData:
                        message="")
     started = ctx.mem.init_started if ctx.mem.init_started is not None else snap.mono
     ctx.mem.init_started = started
-    if st is None and snap.mono - started > cd.spec["convergence_timeout"]:
+    if st is None and snap.mono - started > cd.spec.convergence_timeout:
         ctx.log(f"initialization on keeper {cd.primary} did not finish within "
-                f"{cd.spec['convergence_timeout']}s and the keeper is gone: choosing again")
+                f"{cd.spec.convergence_timeout}s and the keeper is gone: choosing again")
         cd = cd.without_keeper(cd.primary)
         return replace(cd, primary=None, message="initialization failed; choosing another keeper")
     return cd
@@ -302,26 +304,24 @@ def _initialize(ctx: _Ctx, cd: ClusterData) -> ClusterData:
 def _commands(ctx: _Ctx, cd: ClusterData) -> ClusterData:
     snap = ctx.snap
     for name in sorted(snap.commands):
-        doc = snap.commands[name]
-        if name.startswith("failkeeper/"):
-            uid = name.split("/", 1)[1]
+        cmd = snap.commands[name]
+        uid = cmd.keeper or ""
+        if cmd.kind == "failkeeper":
             ctx.consumed.append(name)
             if uid not in cd.keepers:
                 ctx.log(f"failkeeper {uid}: no such keeper, ignored")
             else:
                 ctx.log(f"failkeeper {uid}: treating it as failed for this check")
-        elif name.startswith("removekeeper/"):
-            uid = name.split("/", 1)[1]
+        elif cmd.kind == "removekeeper":
             ctx.consumed.append(name)
             if uid == cd.primary or (cd.transition and uid in (cd.transition.old, cd.transition.new)):
                 ctx.log(f"removekeeper {uid}: refused, it is the primary or part of a transition")
             elif uid in cd.keepers:
                 ctx.log(f"removekeeper {uid}: removed from the cluster")
                 cd = _remove_keeper(cd, uid)
-        elif name.startswith("drain/"):
-            uid = name.split("/", 1)[1]
+        elif cmd.kind == "drain":
             ctx.consumed.append(name)
-            drained = bool(doc.get("drained", True))
+            drained = cmd.drained
             if uid not in cd.keepers:
                 ctx.log(f"drain {uid}: no such keeper, ignored")
             elif cd.keepers[uid].drained != drained:
@@ -329,11 +329,11 @@ def _commands(ctx: _Ctx, cd: ClusterData) -> ClusterData:
                         f"replica can take its place) and the read-only targets" if drained
                         else f"keeper {uid} no longer drained: it may again be a synchronous standby and serve reads")
                 cd = cd.with_keeper(uid, drained=drained)
-        elif name == "switchover":
+        elif cmd.kind == COMMAND_SWITCHOVER:
             if cd.transition is not None:
                 continue  # handled when the current transition ends
             ctx.consumed.append(name)
-            cd = _start_switchover(ctx, cd, doc)
+            cd = _start_switchover(ctx, cd, cmd)
     return cd
 
 
@@ -377,8 +377,8 @@ def eligible(ctx: _Ctx, cd: ClusterData, exclude: str | None) -> tuple[list[tupl
         ref = max(ref, best) if ref is not None else best
         for uid, st in candidates:
             lag = ref - (st.lsn or 0)
-            if lag > cd.spec["max_standby_lag"]:
-                why[uid] = f"lag {lag} bytes > max_standby_lag {cd.spec['max_standby_lag']}"
+            if lag > cd.spec.max_standby_lag:
+                why[uid] = f"lag {lag} bytes > max_standby_lag {cd.spec.max_standby_lag}"
             else:
                 out.append((uid, st.lsn or 0))
     else:
@@ -389,7 +389,7 @@ def eligible(ctx: _Ctx, cd: ClusterData, exclude: str | None) -> tuple[list[tupl
 
 
 def _sync_in_effect(cd: ClusterData) -> bool:
-    return bool(cd.spec["synchronous_replication"] or cd.sync.standbys or cd.sync.candidates)
+    return bool(cd.spec.synchronous_replication or cd.sync.standbys or cd.sync.candidates)
 
 
 def _lag(ctx: _Ctx, uid: str) -> int | None:
@@ -441,9 +441,9 @@ def _begin_transition(ctx: _Ctx, cd: ClusterData, kind: str, old: str | None, ne
     return cd
 
 
-def _start_switchover(ctx: _Ctx, cd: ClusterData, doc: dict[str, Any]) -> ClusterData:
-    rid = str(doc.get("id") or uuid.uuid4().hex[:8])
-    target = doc.get("to")
+def _start_switchover(ctx: _Ctx, cd: ClusterData, cmd: Command) -> ClusterData:
+    rid = cmd.id or uuid.uuid4().hex[:8]
+    target = cmd.to
     old = cd.primary
 
     def refuse(reason: str) -> ClusterData:
@@ -494,8 +494,8 @@ def _advance_transition(ctx: _Ctx, cd: ClusterData) -> ClusterData:
         acked, waiting = _proxies_acked(ctx, t.proxy_generation)
         old_final = t.old_final_lsn
         if t.kind == "switchover":
-            if elapsed > spec["switchover_timeout"]:
-                return _abort(ctx, cd, f"did not complete within switchover_timeout {spec['switchover_timeout']}s")
+            if elapsed > spec.switchover_timeout:
+                return _abort(ctx, cd, f"did not complete within switchover_timeout {spec.switchover_timeout}s")
             old_st = snap.keepers.get(t.old) if t.old else None
             if old_st is not None and (old_st.pg_running or old_st.final_lsn is None):
                 return cd  # waiting for the old primary to stop cleanly
@@ -598,7 +598,7 @@ def _promote(ctx: _Ctx, cd: ClusterData) -> ClusterData:
 
 def _initial_sync_set(ctx: _Ctx, cd: ClusterData, new: str, old: str | None) -> tuple[str, ...]:
     """The synchronous set a new primary starts with, before it accepts any write."""
-    if not cd.spec["synchronous_replication"]:
+    if not cd.spec.synchronous_replication:
         return ()
     snap = ctx.snap
     spec = cd.spec
@@ -606,11 +606,11 @@ def _initial_sync_set(ctx: _Ctx, cd: ClusterData, new: str, old: str | None) -> 
                                                           -(snap.keepers[u].lsn or 0) if u in snap.keepers else 0, u))
             if u not in (new, old) and u in snap.keepers and snap.keepers[u].healthy
             and not _failed(ctx, cd, u)]
-    chosen = pool[: spec["max_synchronous_standbys"]]
-    if len(chosen) < spec["min_synchronous_standbys"]:
+    chosen = pool[: spec.max_synchronous_standbys]
+    if len(chosen) < spec.min_synchronous_standbys:
         # not enough live standbys: keep writes blocked rather than acknowledge unreplicated commits
         extra = [u for u in list(cd.sync.standbys) + ([old] if old else []) if u not in chosen and u != new]
-        chosen += extra[: spec["min_synchronous_standbys"] - len(chosen)]
+        chosen += extra[: spec.min_synchronous_standbys - len(chosen)]
     return tuple(sorted(chosen))
 
 
@@ -683,7 +683,7 @@ def manage_sync(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> ClusterData:
     sync = cd.sync
     primary = cd.primary
     assert primary is not None
-    if not spec["synchronous_replication"]:
+    if not spec.synchronous_replication:
         if sync.standbys or sync.candidates:
             ctx.log("synchronous replication disabled: clearing synchronous_standby_names")
             cd = replace(cd, sync=SyncState())
@@ -693,22 +693,22 @@ def manage_sync(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> ClusterData:
     streaming = _streaming_replicas(ctx, cd, pst)
     keep = [u for u in sync.standbys if u in streaming]
     for u in streaming:
-        if len(keep) >= spec["max_synchronous_standbys"]:
+        if len(keep) >= spec.max_synchronous_standbys:
             break
         if u not in keep:
             keep.append(u)
-    if len(keep) < spec["min_synchronous_standbys"]:
+    if len(keep) < spec.min_synchronous_standbys:
         for u in sync.standbys:
-            if len(keep) >= spec["min_synchronous_standbys"]:
+            if len(keep) >= spec.min_synchronous_standbys:
                 break
             if u not in keep and u in cd.keepers:
                 keep.append(u)
-    desired = tuple(sorted(keep[: max(spec["max_synchronous_standbys"], spec["min_synchronous_standbys"])]))
+    desired = tuple(sorted(keep[: max(spec.max_synchronous_standbys, spec.min_synchronous_standbys)]))
 
     if set(desired) != set(sync.standbys):
         ctx.log(f"synchronous standbys {list(sync.standbys) or '[]'} -> {list(desired) or '[]'} "
-                f"(streaming replicas: {streaming or 'none'}, min {spec['min_synchronous_standbys']}, "
-                f"max {spec['max_synchronous_standbys']})")
+                f"(streaming replicas: {streaming or 'none'}, min {spec.min_synchronous_standbys}, "
+                f"max {spec.max_synchronous_standbys})")
         sync = SyncState(standbys=desired, candidates=tuple(c for c in sync.candidates if c in desired),
                          barrier=None, barrier_time=None)
         cd = replace(cd, sync=sync)
@@ -739,7 +739,7 @@ def manage_sync(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> ClusterData:
 
 def _ro_targets(ctx: _Ctx, cd: ClusterData, pst: KeeperStatus) -> ClusterData:
     snap = ctx.snap
-    limit = cd.spec["max_standby_lag"]
+    limit = cd.spec.max_standby_lag
     out = []
     rows = {r.name: r for r in pst.replication if r.state == "streaming"}
     for uid in sorted(cd.keepers):

@@ -15,7 +15,6 @@ the number of keepers times their report rate.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -29,6 +28,7 @@ from pgha import cli, log as pglog
 from pgha.model import (
     PHASE_NORMAL,
     ClusterData,
+    Command,
     FormatError,
     KeeperStatus,
     Keys,
@@ -39,7 +39,7 @@ from pgha.model import (
 )
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.sentinel.placement import store_leader_move
-from pgha.spec import DEFAULTS, SpecError, normalize
+from pgha.spec import Spec, SpecError, default, normalize
 from pgha.store import Store, StoreError, WatchEvent
 from pgha.store.lease import Lease
 
@@ -60,7 +60,7 @@ def urgent(events: list[WatchEvent], base: str) -> bool:
     return False
 
 
-def read_spec(raw: bytes) -> tuple[dict[str, Any], str]:
+def read_spec(raw: bytes) -> tuple[Spec, str]:
     doc = loads(raw, "spec")
     try:
         return normalize(doc.get("spec")), str(doc["uid"])
@@ -79,8 +79,8 @@ class Sentinel:
         self.leader = False
         self.memory = Memory()
         self.stopping = threading.Event()
-        self.interval = DEFAULTS["sleep_interval"]
-        self.fail_interval = DEFAULTS["fail_interval"]
+        self.interval = default().sleep_interval
+        self.fail_interval = default().fail_interval
         self._last_problem = ""
         self._last_heartbeat = 0.0
         self.steady = False  # the leader's last check found nothing under way (see the module doc)
@@ -144,7 +144,7 @@ class Sentinel:
         keepers: dict[str, KeeperStatus] = {}
         keeper_leases: dict[str, int] = {}
         proxies: dict[str, ProxyStatus] = {}
-        commands: dict[str, dict[str, Any]] = {}
+        commands: dict[str, Command] = {}
         problems = []
         for kv in kvs:
             name = kv.key[len(self.keys.base):]
@@ -162,11 +162,13 @@ class Sentinel:
                     p = ProxyStatus.loads(kv.value)
                     proxies[p.uid] = p
                 elif name.startswith("commands/"):
-                    try:
-                        commands[name[len("commands/"):]] = json.loads(kv.value or b"{}")
-                    except ValueError:
-                        commands[name[len("commands/"):]] = {}
+                    cmd = Command.loads(name[len("commands/"):], kv.value)
+                    commands[cmd.name] = cmd
             except FormatError as exc:
+                if name.startswith("commands/"):
+                    logger.error("removing %s: %s", name, exc)
+                    self.store.delete(kv.key)  # a request nobody can carry out: never retried
+                    continue
                 if name in ("spec", "clusterdata"):
                     problem = f"refusing to act: {exc}"
                     if problem != self._last_problem:
@@ -178,8 +180,8 @@ class Sentinel:
             logger.warning(p)
         self._last_problem = ""
         if spec is not None:
-            self.interval = spec["sleep_interval"]
-            self.fail_interval = spec["fail_interval"]
+            self.interval = spec.sleep_interval
+            self.fail_interval = spec.fail_interval
         snap = Snapshot(now=time.time(), mono=time.monotonic(), cluster_name=self.cluster, spec=spec,
                         spec_uid=spec_uid, cd=cd, keepers=keepers, proxies=proxies, commands=commands,
                         keeper_leases=keeper_leases, leases_alive=self._absent_leases(cd, keepers))
@@ -222,7 +224,7 @@ class Sentinel:
             logger.info(event)
         for name in decision.consumed:
             self.store.delete(self.keys.command(name))
-        if self.steady and snap.spec is not None and snap.spec.get("store_leader_off_primary", True):
+        if self.steady and snap.spec is not None and snap.spec.store_leader_off_primary:
             self._place_store_leader(snap)
         return revision
 

@@ -1,0 +1,317 @@
+"""What the keeper does to its PostgreSQL (part of ``pgha.keeper.main.Keeper``): one method per kind
+of ``pgha.keeper.decide.Action``, found through ``ACTIONS``, and the configuration they write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+
+from pgha.keeper import decide as kd
+from pgha.keeper.pg import PgError, sync_standby_names
+from pgha.model import ROLE_NONE, ROLE_REPLICA, KeeperSpec
+
+logger = logging.getLogger("pgha.keeper")
+
+DEFAULT_PG_PARAMETERS = {
+    "wal_level": "replica",
+    "wal_keep_size": "256MB",
+    "wal_receiver_status_interval": "1s",
+    "wal_retrieve_retry_interval": "100ms",
+    "wal_sender_timeout": "10s",
+    "wal_receiver_timeout": "10s",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
+
+# A hot standby refuses to start when one of these is lower than on its primary. Replicas run
+# max(spec, the primary's running value); a lowered value reaches them after the primary restarts.
+HOT_STANDBY_PARAMETERS = {"max_connections": 100, "max_worker_processes": 8, "max_prepared_transactions": 0,
+                          "max_locks_per_transaction": 64}
+
+
+class Actions:
+    """The actions and the configuration; uses the Keeper's pg, spec, cluster data and local state."""
+
+    def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
+        params = dict(DEFAULT_PG_PARAMETERS)
+        params.update(self.spec.pg_parameters)
+        if not primary:
+            for name, default in HOT_STANDBY_PARAMETERS.items():
+                upstream = self.primary_minimums.get(name)
+                try:
+                    mine = int(params.get(name, default))
+                except ValueError:
+                    continue
+                if upstream is not None and upstream > mine:
+                    params[name] = str(upstream)
+        params.update({
+            "listen_addresses": self.args.pg_listen_address,
+            "port": str(self.args.pg_port),
+            "unix_socket_directories": str(self.pg.sockdir),
+            "unix_socket_permissions": "0700",
+            "hot_standby": "on",
+            "max_wal_senders": "20",
+            "max_replication_slots": "20",
+            "wal_log_hints": "on",
+            "synchronous_standby_names": sync_standby_names(want.synchronous_standbys) if primary and want else "",
+        })
+        return params
+
+    def pg_hba(self) -> list[str]:
+        su, repl = self.args.pg_su_username, self.args.pg_repl_username
+        lines = [
+            "# Written by pgha-keeper. Extra rules come from the spec's pg_hba (pghactl update).",
+            "# The Unix socket directory is private to the keeper's OS user (0700): trust is safe there.",
+            "local all all trust",
+            "local replication all trust",
+            f"host replication {repl} 0.0.0.0/0 scram-sha-256",
+            f"host replication {repl} ::/0 scram-sha-256",
+            f"host all {su} 0.0.0.0/0 scram-sha-256",
+            f"host all {su} ::/0 scram-sha-256",
+        ]
+        lines += list(self.spec.pg_hba) or ["host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"]
+        return lines
+
+    def conninfo(self, address: str) -> str:
+        host, port = address.rsplit(":", 1)
+        return (f"host={host} port={port} user={self.args.pg_repl_username} passfile={self.pg.passfile} "
+                f"application_name={self.uid} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 "
+                f"keepalives_count=3")
+
+    def learn_primary_minimums(self, address: str) -> None:
+        """Read the hot-standby-sensitive settings the primary runs with (before a replica starts)."""
+        host, port = address.rsplit(":", 1)
+        try:
+            c = psycopg2.connect(host=host, port=int(port), user=self.args.pg_su_username, dbname="postgres",
+                                 connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper")
+        except psycopg2.Error:
+            return
+        try:
+            cur = c.cursor()
+            cur.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(HOT_STANDBY_PARAMETERS),))
+            found = {name: int(value) for name, value in cur.fetchall()}
+        except (psycopg2.Error, ValueError):
+            return
+        finally:
+            c.close()
+        if found != self.primary_minimums:
+            raised = {k: v for k, v in found.items()
+                      if v > int((self.spec.pg_parameters).get(k, HOT_STANDBY_PARAMETERS[k]))}
+            if raised:
+                logger.info("the primary runs %s: this replica uses at least as much (a hot standby cannot run "
+                            "with less)", ", ".join(f"{k}={v}" for k, v in sorted(raised.items())))
+            self.primary_minimums = found
+
+    def configure(self, want: KeeperSpec | None, primary: bool, follow_addr: str | None) -> bool:
+        if primary:
+            changed = self.pg.write_config(self.pg_parameters(True, want), self.pg_hba(), None, None)
+        else:
+            assert follow_addr
+            if not self.pg.running() or follow_addr != self.following:
+                self.learn_primary_minimums(follow_addr)
+            changed = self.pg.write_config(self.pg_parameters(False, want), self.pg_hba(),
+                                           self.conninfo(follow_addr), f"pgha_{self.uid}")
+            self.following = follow_addr
+        return changed
+
+    def wanted_slots(self) -> set[str]:
+        cd = self.cd
+        if cd is None:
+            return set()
+        return {f"pgha_{u}" for u, k in cd.keepers.items() if u != self.uid and k.role == ROLE_REPLICA}
+
+    def start(self) -> None:
+        with self.lock:
+            if self.fenced:
+                raise PgError("lease lapsed: not starting PostgreSQL")
+            self.phase = "starting"
+            self.pg.start(timeout=120)
+            self.phase = "running"
+
+    def source_is_primary(self, address: str) -> bool:
+        host, port = address.rsplit(":", 1)
+        try:
+            c = psycopg2.connect(host=host, port=int(port), user=self.args.pg_su_username, dbname="postgres",
+                                 connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper")
+        except psycopg2.Error:
+            return False
+        try:
+            cur = c.cursor()
+            cur.execute("SELECT pg_is_in_recovery()")
+            return not cur.fetchone()[0]
+        except psycopg2.Error:
+            return False
+        finally:
+            c.close()
+
+    def reconcile_primary(self, want: KeeperSpec | None) -> None:
+        for change in self.pg.reconcile_slots(self.wanted_slots()):
+            logger.info("%s", change)
+
+    def do_wait(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        if not self.pg.running():
+            self.phase = "fenced" if want is not None and want.role == ROLE_NONE else "waiting"
+
+    def do_refuse(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        self.phase = "refused"
+        self.set_error(action.reason)
+
+    def do_stop(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        with self.lock:
+            try:
+                self.pg.stop("fast", timeout=10)
+            except PgError as exc:  # the sentinel waits for this primary to stop: make sure it does
+                logger.error("%s: killing it", exc)
+                self.pg.kill()
+        self.phase = "fenced" if want is not None else "stopped"
+        logger.info("PostgreSQL stopped (%s)", action.reason)
+
+    def do_initdb(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        assert self.cd is not None
+        with self.lock:
+            self.pg.stop("immediate")
+        self.save_state(cluster_uid=self.cd.uid, initializing=True)
+        self.phase = "initdb"
+        self.pg.initdb()
+        self.configure(want, True, None)
+        self.start()
+        self.pg.create_roles()
+        self.pg.query("CHECKPOINT")
+        self.save_state(cluster_uid=self.cd.uid, initializing=False)
+        logger.info("initdb done: PostgreSQL %s running as primary with data checksums", self.pg.version())
+        self.wake_heartbeat()
+
+    def do_adopt(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        assert self.cd is not None
+        with self.lock:
+            self.pg.stop("fast")
+        self.pg.ensure_include()
+        self.configure(want, True, None)
+        self.start()
+        self.pg.create_roles()
+        self.save_state(cluster_uid=self.cd.uid, initializing=False)
+        logger.info("adopted the existing data directory as primary")
+
+    def do_start_primary(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        self.pg.close()
+        signal_file = self.pg.pgdata / "standby.signal"
+        self.configure(want, True, None)
+        if signal_file.exists():
+            signal_file.unlink()
+        self.start()
+        self.following = None
+        self.reconcile_primary(want)
+        self.wake_heartbeat()
+
+    def do_promote(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        if self.configure(want, True, None):
+            self.pg.reload()
+        t0 = time.monotonic()
+        self.pg.promote()
+        self.following = None
+        logger.info("promoted to primary in %.3fs", time.monotonic() - t0)
+        self.wake_heartbeat()
+        self.reconcile_primary(want)
+
+    def do_reconcile_primary(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        self.phase = "running"
+        if self.configure(want, True, None):
+            self.pg.reload()
+            logger.info("configuration changed: reloaded (synchronous_standby_names=%r)",
+                        sync_standby_names(want.synchronous_standbys) if want else "")
+            self.wake_heartbeat()
+        self.reconcile_primary(want)
+
+    def do_basebackup(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        assert self.cd is not None and follow_addr
+        with self.lock:
+            self.pg.stop("fast")
+        self.save_state(cluster_uid=self.cd.uid, initializing=True)
+        self.phase = "basebackup"
+        host, port = follow_addr.rsplit(":", 1)
+        t0 = time.monotonic()
+        try:
+            self.pg.basebackup(host, int(port), f"pgha_{self.uid}")
+        except PgError as exc:
+            if f'slot "pgha_{self.uid}" does not exist' in str(exc):
+                self.phase = "waiting for the primary to create our replication slot"
+                logger.info("%s: waiting for the primary to create replication slot pgha_%s", follow_addr, self.uid)
+                return
+            raise
+        logger.info("base backup from %s done in %.1fs", follow_addr, time.monotonic() - t0)
+        self.configure(want, False, follow_addr)
+        self.start()
+        self.save_state(cluster_uid=self.cd.uid, initializing=False)
+
+    def do_rewind(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        assert follow_addr and self.cd is not None
+        if not self.source_is_primary(follow_addr):
+            self.phase = "waiting"
+            if self.pg.running() and self.pg_status.get("in_recovery") is False:
+                with self.lock:
+                    self.pg.stop("fast", timeout=10)  # never keep running as a second primary
+            if not self.pg.running():
+                self.phase = "waiting for the new primary"
+            raise PgError(f"cannot rejoin yet: {follow_addr} is not reachable as a primary")
+        with self.lock:
+            self.pg.stop("fast", timeout=10)
+        host, port = follow_addr.rsplit(":", 1)
+        rewound = False
+        if self.spec.use_pg_rewind:
+            self.phase = "rewind"
+            t0 = time.monotonic()
+            try:
+                out = self.pg.rewind(host, int(port))
+                rewound = True
+                summary = "no rewind required" if "no rewind required" in out else "rewound"
+                logger.info("pg_rewind from %s: %s in %.1fs", follow_addr, summary, time.monotonic() - t0)
+            except PgError as exc:
+                logger.warning("pg_rewind failed, taking a fresh base backup instead: %s", exc)
+        if not rewound:
+            self.do_basebackup(action, want, follow_addr)
+            return
+        self.pg.ensure_include()
+        self.configure(want, False, follow_addr)
+        try:
+            self.start()
+        except PgError as exc:
+            logger.warning("the rewound instance did not start (%s): taking a fresh base backup", exc)
+            with self.lock:
+                self.pg.stop("immediate")
+            self.do_basebackup(action, want, follow_addr)
+            return
+        self.not_streaming_since = None
+
+    def do_start_replica(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        self.configure(want, False, follow_addr)
+        self.start()
+
+    def do_reconcile_replica(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        self.phase = "running"
+        previous = self.following
+        if self.configure(want, False, follow_addr):
+            self.pg.reload()
+            if previous != follow_addr:
+                logger.info("replicating from %s now (was %s)", follow_addr, previous or "unknown")
+                self.not_streaming_since = None
+
+
+Handler = Callable[[Any, kd.Action, "KeeperSpec | None", "str | None"], None]
+# decision kind -> what carries it out
+ACTIONS: dict[str, Handler] = {
+    kd.WAIT: Actions.do_wait,
+    kd.REFUSE: Actions.do_refuse,
+    kd.STOP: Actions.do_stop,
+    kd.INITDB: Actions.do_initdb,
+    kd.ADOPT: Actions.do_adopt,
+    kd.START_PRIMARY: Actions.do_start_primary,
+    kd.PROMOTE: Actions.do_promote,
+    kd.RECONCILE_PRIMARY: Actions.do_reconcile_primary,
+    kd.BASEBACKUP: Actions.do_basebackup,
+    kd.REWIND: Actions.do_rewind,
+    kd.START_REPLICA: Actions.do_start_replica,
+    kd.RECONCILE_REPLICA: Actions.do_reconcile_replica,
+}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import traceback
 
-from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 PGHA_IMPORT_ERROR = None
 try:
@@ -92,3 +92,20 @@ def fail_from(module, exc, what, **result):
     else:
         kind = type(exc).__name__
     module.fail_json(msg="%s: %s: %s" % (what, kind, exc), **result)
+
+
+def run_ctl_module(run, argument_spec, open_ctl_fn):
+    """The whole main() of a module that steers the cluster through a ``Ctl``.
+
+    ``argument_spec`` adds the module's own options to the store options; ``run(module, ctl)``
+    decides and acts and returns the exit_json arguments, with a ``diff`` that is shown only under
+    C(--diff). ``open_ctl_fn`` is the module's ``open_ctl`` (tests replace it there).
+    """
+    spec = store_argument_spec()
+    spec.update(argument_spec)
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    result = run(module, open_ctl_fn(module))
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+

@@ -23,10 +23,12 @@ author:
 attributes:
   check_mode:
     support: full
-    description: V(plan) changes nothing; V(kill) reports what it would kill.
+    details: V(plan) changes nothing; V(kill) reports what it would kill.
   diff_mode:
     support: none
-    description: Nothing to compare.
+    details: Nothing to compare.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   action:
     description: What to do.

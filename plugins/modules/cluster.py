@@ -21,18 +21,19 @@ description:
 author:
   - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
+  - pgha.cluster.attributes
   - pgha.cluster.store
 attributes:
   check_mode:
     support: full
-    description: Validates the spec and reports what would change, writing nothing.
+    details: Validates the spec and reports what would change, writing nothing.
   diff_mode:
     support: full
-    description: Shows the stored and the desired normalized spec.
+    details: Shows the stored and the desired normalized spec.
 options:
   spec:
     description:
-      - The desired cluster spec (snake_case keys, see the pgha README). Keys left out take their
+      - The desired cluster spec (snake_case keys, see docs/operations.md in the collection). Keys left out take their
         default, so removing a key from O(spec) resets it.
       - Durations are seconds or strings such as V(500ms) or V(5s).
     type: dict
@@ -90,15 +91,13 @@ patch:
     fail_interval: 5.0
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
     CtlError,
     StoreError,
     fail_from,
     open_ctl,
     patch_between,
-    store_argument_spec,
+    run_ctl_module,
 )
 
 
@@ -137,16 +136,10 @@ def run(module, ctl):
 
 
 def main():
-    argument_spec = store_argument_spec()
-    argument_spec.update(
+    run_ctl_module(run, dict(
         spec=dict(type="dict", default={}),
         reinit=dict(type="bool", default=False),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    result = run(module, open_ctl(module))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    ), open_ctl)
 
 
 if __name__ == "__main__":

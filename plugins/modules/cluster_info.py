@@ -17,14 +17,9 @@ description:
 author:
   - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
+  - pgha.cluster.attributes
+  - pgha.cluster.attributes.info_module
   - pgha.cluster.store
-attributes:
-  check_mode:
-    support: full
-    description: Reads only.
-  diff_mode:
-    support: none
-    description: Reads only.
 options: {}
 """
 

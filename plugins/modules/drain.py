@@ -21,14 +21,15 @@ description:
 author:
   - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
+  - pgha.cluster.attributes
   - pgha.cluster.store
 attributes:
   check_mode:
     support: full
-    description: Reports whether the drain flag would change.
+    details: Reports whether the drain flag would change.
   diff_mode:
     support: full
-    description: The keeper's drain flag before and after.
+    details: The keeper's drain flag before and after.
 options:
   keeper:
     description: Uid of the keeper.
@@ -72,14 +73,12 @@ read_only_target:
   type: bool
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
     CtlError,
     StoreError,
     fail_from,
     open_ctl,
-    store_argument_spec,
+    run_ctl_module,
 )
 
 
@@ -112,17 +111,11 @@ def run(module, ctl):
 
 
 def main():
-    argument_spec = store_argument_spec()
-    argument_spec.update(
+    run_ctl_module(run, dict(
         keeper=dict(type="str", required=True),
         drained=dict(type="bool", default=True),
         timeout=dict(type="float", default=30.0),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    result = run(module, open_ctl(module))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    ), open_ctl)
 
 
 if __name__ == "__main__":

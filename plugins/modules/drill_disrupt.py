@@ -27,10 +27,12 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reports the processes it would signal, or the rules it would add.
+    details: Reports the processes it would signal, or the rules it would add.
   diff_mode:
     support: none
-    description: Nothing to compare.
+    details: Nothing to compare.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   action:
     description: What to do.

@@ -19,10 +19,12 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reports what it would start or stop.
+    details: Reports what it would start or stop.
   diff_mode:
     support: none
-    description: Nothing to compare.
+    details: Nothing to compare.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   state:
     description: V(started) launches a probe; V(stopped) ends the one whose O(pid) is given.

@@ -24,10 +24,12 @@ author:
 attributes:
   check_mode:
     support: none
-    description: Measures only what has happened; nothing to plan.
+    details: Measures only what has happened; nothing to plan.
   diff_mode:
     support: none
-    description: Nothing to compare.
+    details: Nothing to compare.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   events:
     description: The probe's events file.

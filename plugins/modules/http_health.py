@@ -16,13 +16,9 @@ description:
   - One task for all the agents of a host, instead of one request per agent.
 author:
   - pgha developers (!UNKNOWN)
-attributes:
-  check_mode:
-    support: full
-    description: Only reads.
-  diff_mode:
-    support: none
-    description: Changes nothing.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
+  - pgha.cluster.attributes.info_module
 options:
   urls:
     description: The URLs, as a mapping from a name (the agent's uid) to its URL.

@@ -21,10 +21,12 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reports what it would create or change.
+    details: Reports what it would create or change.
   diff_mode:
     support: full
-    description: Each changed path's owner, group and mode before and after.
+    details: Each changed path's owner, group and mode before and after.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   paths:
     description: The paths.

@@ -17,13 +17,9 @@ description:
   - Changes nothing.
 author:
   - pgha developers (!UNKNOWN)
-attributes:
-  check_mode:
-    support: full
-    description: Only reads.
-  diff_mode:
-    support: none
-    description: Changes nothing.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
+  - pgha.cluster.attributes.info_module
 options:
   ports:
     description: The ports to check.

@@ -16,13 +16,9 @@ description:
   - Changes nothing.
 author:
   - pgha developers (!UNKNOWN)
-attributes:
-  check_mode:
-    support: full
-    description: Reads only.
-  diff_mode:
-    support: none
-    description: Reads only.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
+  - pgha.cluster.attributes.info_module
 options:
   host:
     description:

@@ -25,10 +25,12 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reports what it would write, start and restart; only reads the programs' state.
+    details: Reports what it would write, start and restart; only reads the programs' state.
   diff_mode:
     support: full
-    description: The programs file before and after.
+    details: The programs file before and after.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   supervisorctl:
     description: The supervisorctl executable.

@@ -23,10 +23,12 @@ author:
 attributes:
   check_mode:
     support: full
-    description: Reports whether it would write the configuration or start supervisord.
+    details: Reports whether it would write the configuration or start supervisord.
   diff_mode:
     support: full
-    description: The configuration before and after.
+    details: The configuration before and after.
+extends_documentation_fragment:
+  - pgha.cluster.attributes
 options:
   supervisord:
     description: The supervisord executable.

@@ -18,14 +18,15 @@ description:
 author:
   - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
+  - pgha.cluster.attributes
   - pgha.cluster.store
 attributes:
   check_mode:
     support: full
-    description: Reports whether a switchover would happen, without asking for it.
+    details: Reports whether a switchover would happen, without asking for it.
   diff_mode:
     support: full
-    description: Shows the primary before and after.
+    details: Shows the primary before and after.
 options:
   to:
     description:
@@ -71,14 +72,12 @@ state:
   sample: done
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.pgha.cluster.plugins.module_utils.client import (
     CtlError,
     StoreError,
     fail_from,
     open_ctl,
-    store_argument_spec,
+    run_ctl_module,
 )
 
 
@@ -104,16 +103,10 @@ def run(module, ctl):
 
 
 def main():
-    argument_spec = store_argument_spec()
-    argument_spec.update(
+    run_ctl_module(run, dict(
         to=dict(type="str"),
         timeout=dict(type="float", default=60.0),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    result = run(module, open_ctl(module))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    ), open_ctl)
 
 
 if __name__ == "__main__":

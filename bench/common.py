@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "files" / "agents" / "tests"))
 import psycopg2  # noqa: E402
 
 import harness  # noqa: E402,F401  (re-exported for the benchmarks)
-from pgha.drill import missing  # noqa: E402
+from pgha.drill import close_quietly, missing  # noqa: E402
 
 Connect = Callable[..., Any]
 
@@ -82,11 +82,7 @@ class Probe:
                 time.sleep(self.interval)
             except psycopg2.Error:
                 self.errors.append(time.monotonic())
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg2.Error:
-                        pass
+                close_quietly(conn)
                 conn = None
                 time.sleep(0.01)
         if conn is not None:

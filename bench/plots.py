@@ -23,6 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+
+def _save(fig: Any, out: Path, filename: str) -> Path:
+    fig.tight_layout()
+    path = out / filename
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
 def _docs(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for p in paths:
@@ -53,11 +61,7 @@ def failover(name: str, doc: dict[str, Any], out: Path) -> Path:
             ax.annotate(f"{v:.1f}", (i - 0.2, v), ha="center", va="bottom", fontsize=8)
         ax.legend()
     fig.suptitle(f"Write unavailability seen by a client writing every 20 ms ({name})", fontsize=9)
-    fig.tight_layout()
-    path = out / "failover.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "failover.png")
 
 
 def proxy(items: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
@@ -118,11 +122,7 @@ def scale(name: str, doc: dict[str, Any], out: Path) -> Path:
     axes[2].set_yscale("log")
     axes[2].legend(fontsize=7)
     fig.suptitle(f"Scale: store traffic and sentinel decision time ({name})", fontsize=9)
-    fig.tight_layout()
-    path = out / "scale.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "scale.png")
 
 
 def bringup(name: str, doc: dict[str, Any], out: Path) -> Path:
@@ -134,11 +134,7 @@ def bringup(name: str, doc: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("seconds to a healthy 3-member cluster")
     ax.legend(fontsize=7)
     ax.set_title(f"Bring-up ({name})", fontsize=9)
-    fig.tight_layout()
-    path = out / "bringup.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "bringup.png")
 
 
 def partition(name: str, doc: dict[str, Any], out: Path) -> Path:
@@ -159,11 +155,7 @@ def partition(name: str, doc: dict[str, Any], out: Path) -> Path:
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=35, labelsize=7)
     fig.suptitle(f"Partition drills on three hosts ({name})", fontsize=9)
-    fig.tight_layout()
-    path = out / "partition.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "partition.png")
 
 
 def main() -> int:

@@ -31,16 +31,8 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
-# pip prints a warning line for every index location of the machine's pip config that does not
-# exist; keep real errors, drop that noise.
-pip_quiet() {
-    local rc
-    set +e
-    "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" >&2
-    rc="${PIPESTATUS[0]}"
-    set -e
-    return "$rc"
-}
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"   # pip_quiet
 
 # Run a command with its output in a log file; show the log only when it fails.
 run_logged() {  # run_logged LOGFILE CMD...

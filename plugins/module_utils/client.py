@@ -9,6 +9,7 @@ the library's exceptions into ``fail_json`` with a clear message.
 
 from __future__ import annotations
 
+import importlib
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -46,6 +47,15 @@ def store_argument_spec():
         store_key_file=dict(type="path"),
         store_timeout=dict(type="float", default=2.0),
     )
+
+
+def pgha_library(name):
+    """The pgha library's module ``pgha.<name>``, or None when it is not installed (require_pgha
+    then fails the module with a clear message)."""
+    try:
+        return importlib.import_module("pgha." + name)
+    except ImportError:
+        return None
 
 
 def require_pgha(module):

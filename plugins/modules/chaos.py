@@ -148,12 +148,9 @@ what:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pgha.cluster.plugins.module_utils.client import require_pgha
+from ansible_collections.pgha.cluster.plugins.module_utils.client import pgha_library, require_pgha
 
-try:
-    from pgha import chaos
-except ImportError:  # reported by require_pgha
-    chaos = None
+chaos = pgha_library("chaos")
 
 
 def main():

@@ -138,16 +138,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pgha.cluster.plugins.module_utils.client import require_pgha
+from ansible_collections.pgha.cluster.plugins.module_utils.client import pgha_library, require_pgha
 
-try:
-    from pgha import drill
-except ImportError:  # reported by require_pgha
-    drill = None
-try:
-    from pgha import netfault
-except ImportError:  # a pgha older than the partition drills
-    netfault = None
+drill = pgha_library("drill")
+netfault = pgha_library("netfault")
 
 
 def _network(module):

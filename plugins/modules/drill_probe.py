@@ -82,12 +82,9 @@ pid:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pgha.cluster.plugins.module_utils.client import require_pgha
+from ansible_collections.pgha.cluster.plugins.module_utils.client import pgha_library, require_pgha
 
-try:
-    from pgha import drill
-except ImportError:  # reported by require_pgha
-    drill = None
+drill = pgha_library("drill")
 
 
 def main():

@@ -164,14 +164,14 @@ budget_violations:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pgha.cluster.plugins.module_utils.client import require_pgha
+from ansible_collections.pgha.cluster.plugins.module_utils.client import pgha_library, require_pgha
 
 try:
     import psycopg2
+except ImportError:  # comes with pgha: reported by require_pgha
+    psycopg2 = None
 
-    from pgha import drill
-except ImportError:  # reported by require_pgha
-    drill = None
+drill = pgha_library("drill")
 
 
 def main():

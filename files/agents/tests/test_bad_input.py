@@ -238,3 +238,68 @@ def test_keeper_lock_and_foreign_cluster(cluster_factory) -> None:
     assert (data_dir / "postgres" / "PG_VERSION").exists()  # nothing was lost
     st = c.status()
     assert st["cluster"]["primary"] is None
+
+
+# ------------------------------------------------------------------------------------ hostile store documents
+
+
+@pytest.mark.integration
+def test_malformed_commands_and_cluster_data_specs_stop_no_agent(cluster_factory) -> None:
+    """``etcdctl put .../commands/switchover '[]'`` once killed every leading sentinel in turn, and a
+    cluster data spec the keeper could not use killed its fence thread. Now: the command is logged and
+    removed, the sentinels go on (a real switchover still works), and a spec written as "3s" is a
+    duration like any other while one that does not validate is refused whole."""
+    from pgha.model import keys
+    from pgha.store.etcd import EtcdStore
+
+    c = cluster_factory(keepers=2, sentinels=2, proxies=0)
+    c.wait_for(lambda s: s["cluster"]["phase"] == "normal" and all(k["healthy"] for k in s["keepers"])
+               and len(s["keepers"]) == 2, timeout=120, what="two healthy keepers")
+    k = keys("pgha", c.cluster_name)
+    store = EtcdStore(c.etcd.endpoints, timeout=2.0)
+    try:
+        for name, raw in (("switchover", "[]"), ("switchover", '{"id": "x"}'), ("drain/keeper1", "{not json"),
+                          ("reboot", '{"format_version": 1}')):
+            store.put(k.command(name), raw)
+            deadline = time.monotonic() + 20
+            while store.get(k.command(name)) is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert store.get(k.command(name)) is None, f"commands/{name} = {raw} was not removed"
+        assert all(s.is_running() for s in c.sentinels.values()), c.logs_tail()
+        assert any("removing commands/switchover" in s.log_text() for s in c.sentinels.values())
+        before = c.status()["cluster"]["primary"]
+        c.ctl("switchover", timeout=90)  # the sentinels still act on well-formed requests
+        c.wait_for(lambda s: s["cluster"]["primary"] not in (None, before) and s["cluster"]["phase"] == "normal",
+                   timeout=60, what="the switchover after the malformed commands")
+
+        # The cluster data's spec with a duration written as a string: parsed, nothing breaks.
+        kv = store.get(k.clusterdata)
+        doc = json.loads(kv.value)
+        doc["spec"]["fail_interval"] = "3s"
+        assert store.cas(k.clusterdata, json.dumps(doc), kv.mod_revision)
+        time.sleep(3)
+        # ... and one that does not validate: the keepers refuse it whole and keep their lease and fence.
+        kv = store.get(k.clusterdata)
+        doc = json.loads(kv.value)
+        doc["spec"]["fail_interval"] = "soon"
+        assert store.cas(k.clusterdata, json.dumps(doc), kv.mod_revision)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(
+                "refusing to act on the cluster data" in kp.log_text() for kp in c.keepers.values()):
+            time.sleep(0.2)
+        for uid, kp in c.keepers.items():
+            assert "refusing to act on the cluster data" in kp.log_text() and "does not validate" in kp.log_text(), uid
+        time.sleep(4)  # longer than a lease: a dead lease or fence thread would show now
+        st = c.status()
+        assert all(kp.is_running() for kp in c.keepers.values())
+        assert {x["uid"] for x in st["keepers"] if x["phase"] != "down"} == set(c.keepers), st["keepers"]
+        primary = next(x for x in st["keepers"] if x["role"] == "primary")
+        assert primary["healthy"], st["keepers"]  # the primary kept its lease: not fenced
+        assert "Traceback" not in "".join(kp.log_text() for kp in c.keepers.values())
+        # put back: the cluster goes on
+        kv = store.get(k.clusterdata)
+        doc = json.loads(kv.value)
+        doc["spec"]["fail_interval"] = 3.0
+        assert store.cas(k.clusterdata, json.dumps(doc), kv.mod_revision)
+    finally:
+        store.close()

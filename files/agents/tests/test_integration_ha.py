@@ -10,7 +10,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from pgha.drill import missing
+from pgha.drill import close_quietly, missing
 
 pytestmark = pytest.mark.integration
 
@@ -154,11 +154,7 @@ class Writer:
                 self.ack_times.append(time.monotonic())
             except psycopg2.Error:
                 self.errors += 1
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg2.Error:
-                        pass
+                close_quietly(conn)
                 conn = None
                 time.sleep(0.05)
                 continue

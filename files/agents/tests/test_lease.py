@@ -47,6 +47,13 @@ class SlowStore(MemoryStore):
         return super().grant(ttl, budget)
 
 
+
+def fresh() -> tuple[Clock, MemoryStore, Lease]:
+    """A lease on an in-memory store, both on a fake clock at 100 s."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    return clock, store, Lease(store, clock=clock)
+
 def test_deadline_counts_from_the_renewal_sent_and_the_granted_ttl() -> None:
     clock = Clock()
     lease = Lease(MemoryStore(clock), clock=clock)
@@ -63,9 +70,7 @@ def test_deadline_counts_from_the_renewal_sent_and_the_granted_ttl() -> None:
 
 
 def test_a_ttl_change_grants_a_new_lease_and_keeps_the_old_deadline_until_the_keys_moved() -> None:
-    clock = Clock()
-    store = MemoryStore(clock)
-    lease = Lease(store, clock=clock)
+    clock, store, lease = fresh()
     lease.renew(3)
     first = lease.id
     clock.t = 101.0
@@ -81,9 +86,7 @@ def test_a_ttl_change_grants_a_new_lease_and_keeps_the_old_deadline_until_the_ke
 
 
 def test_an_expired_lease_is_granted_again() -> None:
-    clock = Clock()
-    store = MemoryStore(clock)
-    lease = Lease(store, clock=clock)
+    clock, store, lease = fresh()
     lease.renew(2)
     first = lease.id
     clock.t = 110.0
@@ -92,9 +95,7 @@ def test_an_expired_lease_is_granted_again() -> None:
 
 
 def test_a_failed_renewal_leaves_the_deadline_running() -> None:
-    clock = Clock()
-    store = MemoryStore(clock)
-    lease = Lease(store, clock=clock)
+    clock, store, lease = fresh()
     lease.renew(3)
     store.down = True
     clock.t = 101.0

@@ -39,6 +39,34 @@ class CtlError(Exception):
     """A request that cannot be carried out; the message says why."""
 
 
+def _keeper_row(uid: str, st: KeeperStatus | None, cd: ClusterData | None, primary_lsn: int | None) -> dict[str, Any]:
+    """One keeper as ``pghactl status`` shows it: what it reports, and what the cluster data wants."""
+    want = cd.keepers.get(uid) if cd else None
+    lag = None
+    if st and st.role == "replica" and primary_lsn is not None and st.lsn is not None:
+        lag = max(0, primary_lsn - st.lsn)
+    return {
+        "uid": uid,
+        "healthy": bool(st and st.healthy),
+        "role": st.role if st else "none",
+        "desired_role": want.role if want else None,
+        "address": (st.address if st else "") or (want.address if want else ""),
+        "host": st.host if st else "",
+        "data_dir": st.data_dir if st else "",
+        "pid": st.pid if st else 0,
+        "timeline": st.timeline if st else None,
+        "lsn": int_to_lsn(st.lsn) if st and st.lsn is not None else None,
+        "lag": lag,
+        "streaming": bool(st and st.streaming_from),
+        "synchronous": bool(cd and uid in cd.sync.standbys),
+        "sync_candidate": bool(cd and uid in cd.sync.candidates),
+        "phase": st.phase if st else "down",
+        "error": st.error if st else "no status (keeper down or its lease expired)",
+        "pending_restart": bool(st and st.pending_restart),
+        "drained": bool(want and want.drained),
+    }
+
+
 class Ctl:
     def __init__(self, store: Store, prefix: str = "pgha", cluster: str = "main") -> None:
         self.store = store
@@ -107,33 +135,8 @@ class Ctl:
         primary = cd.primary if cd else None
         primary_lsn = statuses[primary].lsn if primary in statuses and statuses[primary].role == ROLE_PRIMARY \
             else None
-        keepers = []
-        for uid in sorted(set(statuses) | set(cd.keepers if cd else {})):
-            st = statuses.get(uid)
-            want = cd.keepers.get(uid) if cd else None
-            lag = None
-            if st and st.role == "replica" and primary_lsn is not None and st.lsn is not None:
-                lag = max(0, primary_lsn - st.lsn)
-            keepers.append({
-                "uid": uid,
-                "healthy": bool(st and st.healthy),
-                "role": st.role if st else "none",
-                "desired_role": want.role if want else None,
-                "address": (st.address if st else "") or (want.address if want else ""),
-                "host": st.host if st else "",
-                "data_dir": st.data_dir if st else "",
-                "pid": st.pid if st else 0,
-                "timeline": st.timeline if st else None,
-                "lsn": int_to_lsn(st.lsn) if st and st.lsn is not None else None,
-                "lag": lag,
-                "streaming": bool(st and st.streaming_from),
-                "synchronous": bool(cd and uid in cd.sync.standbys),
-                "sync_candidate": bool(cd and uid in cd.sync.candidates),
-                "phase": st.phase if st else "down",
-                "error": st.error if st else "no status (keeper down or its lease expired)",
-                "pending_restart": bool(st and st.pending_restart),
-                "drained": bool(want and want.drained),
-            })
+        keepers = [_keeper_row(uid, statuses.get(uid), cd, primary_lsn)
+                   for uid in sorted(set(statuses) | set(cd.keepers if cd else {}))]
         return {
             "cluster": {
                 "name": self.cluster,

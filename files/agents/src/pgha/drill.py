@@ -73,6 +73,15 @@ class Events:
 # ---------------------------------------------------------------------------------------- probe
 
 
+
+def close_quietly(conn: Any) -> None:
+    """Close a psycopg2 connection (or None) that may already be broken."""
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
+
 def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -103,11 +112,7 @@ def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float)
             except psycopg2.Error as exc:
                 msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 f.write(f"err {time.time():.6f} {msg}\n")
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg2.Error:
-                        pass
+                close_quietly(conn)
                 conn = None
                 stop.wait(min(interval, 0.05))
         f.write(f"stop {time.time():.6f}\n")

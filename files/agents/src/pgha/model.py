@@ -39,37 +39,27 @@ def keys(prefix: str, cluster: str) -> "Keys":
     return Keys(f"/{prefix.strip('/')}/{cluster}/")
 
 
+# key name -> what follows the cluster's base (see the module doc)
+_KEYS = {"spec": "spec", "clusterdata": "clusterdata", "leader": "sentinel-leader", "keepers": "keepers/",
+         "sentinels": "sentinels/", "proxies": "proxies/", "commands": "commands/"}
+
+
 @dataclass(frozen=True)
 class Keys:
+    """The store keys of one cluster: ``keys.spec``, ``keys.keeper(uid)``, ..."""
+
     base: str
+    spec: str = field(init=False)
+    clusterdata: str = field(init=False)
+    leader: str = field(init=False)
+    keepers: str = field(init=False)
+    sentinels: str = field(init=False)
+    proxies: str = field(init=False)
+    commands: str = field(init=False)
 
-    @property
-    def spec(self) -> str:
-        return self.base + "spec"
-
-    @property
-    def clusterdata(self) -> str:
-        return self.base + "clusterdata"
-
-    @property
-    def leader(self) -> str:
-        return self.base + "sentinel-leader"
-
-    @property
-    def keepers(self) -> str:
-        return self.base + "keepers/"
-
-    @property
-    def sentinels(self) -> str:
-        return self.base + "sentinels/"
-
-    @property
-    def proxies(self) -> str:
-        return self.base + "proxies/"
-
-    @property
-    def commands(self) -> str:
-        return self.base + "commands/"
+    def __post_init__(self) -> None:
+        for name, suffix in _KEYS.items():
+            object.__setattr__(self, name, self.base + suffix)
 
     def keeper(self, uid: str) -> str:
         return self.keepers + uid
@@ -103,6 +93,18 @@ def loads(raw: bytes | str, what: str) -> dict[str, Any]:
 
 def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+class Document:
+    """A stored document: its fields as JSON, with the format version."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    def dumps(self) -> str:
+        return dumps(self.to_dict())
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class Transition:
 
 
 @dataclass(frozen=True)
-class ClusterData:
+class ClusterData(Document):
     uid: str
     name: str
     spec: Spec  # the spec key's, copied by the leading sentinel
@@ -231,13 +233,9 @@ class ClusterData:
     last_transition: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = super().to_dict()
         d["spec"] = self.spec.to_dict()
-        d["format_version"] = FORMAT_VERSION
         return d
-
-    def dumps(self) -> str:
-        return dumps(self.to_dict())
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ClusterData":
@@ -299,7 +297,7 @@ class Replication:
 
 
 @dataclass(frozen=True)
-class KeeperStatus:
+class KeeperStatus(Document):
     uid: str
     cluster_uid: str | None = None
     boot_id: str = ""
@@ -327,14 +325,6 @@ class KeeperStatus:
     reported_at: float = 0.0
     desired_role: str = ""  # the role the keeper last read in the cluster data ("" before any)
     lease_ttl: int = 0  # the TTL the store granted to the keeper's lease
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["format_version"] = FORMAT_VERSION
-        return d
-
-    def dumps(self) -> str:
-        return dumps(self.to_dict())
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "KeeperStatus":
@@ -379,7 +369,7 @@ class KeeperStatus:
 
 
 @dataclass(frozen=True)
-class ProxyStatus:
+class ProxyStatus(Document):
     uid: str
     address: str = ""  # host:port of the read-write listener
     ro_address: str = ""
@@ -388,14 +378,6 @@ class ProxyStatus:
     target: str | None = None
     listening: bool = False
     reported_at: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["format_version"] = FORMAT_VERSION
-        return d
-
-    def dumps(self) -> str:
-        return dumps(self.to_dict())
 
     @staticmethod
     def loads(raw: bytes | str) -> "ProxyStatus":

@@ -152,6 +152,34 @@ def default() -> Spec:
     return normalize({})
 
 
+def _pg_parameters(params: Any) -> dict[str, str]:
+    if not isinstance(params, dict):
+        raise SpecError("pg_parameters: expected an object of parameter names to values")
+    clean: dict[str, str] = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not re.match(r"^[a-z_][a-z0-9_.]*$", name):
+            raise SpecError(f"pg_parameters: invalid parameter name {name!r}")
+        if name in MANAGED_PG_PARAMETERS:
+            raise SpecError(f"pg_parameters.{name}: managed by the keeper and cannot be set")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        if not isinstance(value, (str, int, float)):
+            raise SpecError(f"pg_parameters.{name}: expected a string or number, got {value!r}")
+        clean[name] = str(value)
+    return clean
+
+
+def _pg_hba(hba: Any) -> tuple[str, ...]:
+    if not isinstance(hba, (list, tuple)) or not all(isinstance(line, str) for line in hba):
+        raise SpecError("pg_hba: expected a list of pg_hba.conf lines")
+    for line in hba:
+        if "\n" in line or "\r" in line:
+            raise SpecError("pg_hba: a line must not contain a newline")
+    return tuple(hba)
+
+
 def normalize(doc: Any) -> Spec:
     """Validate a user spec (a JSON object, or a Spec) and return it with every default filled in."""
     if isinstance(doc, Spec):
@@ -190,38 +218,14 @@ def normalize(doc: Any) -> Spec:
     if spec["proxy_check_interval"] >= spec["proxy_timeout"]:
         raise SpecError("proxy_check_interval must be less than proxy_timeout")
 
-    params = spec["pg_parameters"]
-    if not isinstance(params, dict):
-        raise SpecError("pg_parameters: expected an object of parameter names to values")
-    clean: dict[str, str] = {}
-    for name, value in params.items():
-        if not isinstance(name, str) or not re.match(r"^[a-z_][a-z0-9_.]*$", name):
-            raise SpecError(f"pg_parameters: invalid parameter name {name!r}")
-        if name in MANAGED_PG_PARAMETERS:
-            raise SpecError(f"pg_parameters.{name}: managed by the keeper and cannot be set")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = "on" if value else "off"
-        if not isinstance(value, (str, int, float)):
-            raise SpecError(f"pg_parameters.{name}: expected a string or number, got {value!r}")
-        clean[name] = str(value)
-    spec["pg_parameters"] = clean
-
-    hba = spec["pg_hba"]
-    if not isinstance(hba, list) or not all(isinstance(line, str) for line in hba):
-        raise SpecError("pg_hba: expected a list of pg_hba.conf lines")
-    for line in hba:
-        if "\n" in line or "\r" in line:
-            raise SpecError("pg_hba: a line must not contain a newline")
-
+    spec["pg_parameters"] = _pg_parameters(spec["pg_parameters"])
+    spec["pg_hba"] = _pg_hba(spec["pg_hba"])
     if spec["init_mode"] not in ("new", "existing"):
         raise SpecError(f"init_mode: expected 'new' or 'existing', got {spec['init_mode']!r}")
     if spec["init_mode"] == "existing":
         uid = spec["existing_keeper"]
         if not isinstance(uid, str) or not _IDENT.match(uid):
             raise SpecError("existing_keeper: init_mode 'existing' needs the uid of the keeper whose data to adopt")
-    spec["pg_hba"] = tuple(hba)
     return Spec(**spec)
 
 

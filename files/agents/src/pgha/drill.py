@@ -249,9 +249,20 @@ def missing(conn: Any, table: str, acked: Iterable[int]) -> list[int]:
     return [i for i in acked if i not in have]
 
 
-def missing_ids(ev: Events, dsn: str, table: str, password: str | None = None) -> list[int]:
+def missing_ids(ev: Events, dsn: str, table: str, password: str | None = None, wait: float = 30.0) -> list[int]:
+    """The acknowledged ids of ``ev`` missing from ``table`` on ``dsn``. A server that cannot answer
+    yet (starting up, a proxy between two routes) is asked again for up to ``wait`` seconds: a
+    moment's unavailability after the drill must not fail its read-back."""
     kw = {"password": password} if password else {}
-    return missing(psycopg2.connect(dsn, connect_timeout=5, **kw), table, (i for i, _ in ev.acks))
+    acked = [i for i, _ in ev.acks]
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return missing(psycopg2.connect(dsn, connect_timeout=5, **kw), table, acked)
+        except psycopg2.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def series(ev: Events, t0: float, end: float, bucket: float = 0.1) -> list[int]:

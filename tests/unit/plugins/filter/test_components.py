@@ -75,3 +75,5 @@ def test_etcd_members_and_initial_cluster():
     assert out[0]["args"][out[0]["args"].index("--advertise-client-urls") + 1] == "http://a0:2379"
     assert out[0]["args"][out[0]["args"].index("--listen-peer-urls") + 1] == "http://0.0.0.0:2380"
     assert out[0]["agent"] is False and out[0]["environment"] == {}
+    # a member that comes back from a partition must not force an election (leases would lapse)
+    assert out[0]["args"][out[0]["args"].index("--pre-vote") + 1] == "true"

@@ -81,10 +81,41 @@ def test_malformed_endpoint() -> None:
     ({"init_mode": "existing"}, "existing_keeper"),
     ({"synchronous_replication": "yes"}, "synchronous_replication"),
     ([1, 2], "spec"),
+    # the spec cannot make PostgreSQL run a command, load code, log passwords or loosen authentication
+    ({"pg_parameters": {"archive_command": "sh -c 'id > /tmp/x'"}}, "pg_parameters.archive_command"),
+    ({"pg_parameters": {"archive_cleanup_command": "rm -rf /"}}, "pg_parameters.archive_cleanup_command"),
+    ({"pg_parameters": {"recovery_end_command": "id"}}, "pg_parameters.recovery_end_command"),
+    ({"pg_parameters": {"shared_preload_libraries": "/tmp/evil.so"}}, "pg_parameters.shared_preload_libraries"),
+    ({"pg_parameters": {"session_preload_libraries": "x"}}, "pg_parameters.session_preload_libraries"),
+    ({"pg_parameters": {"dynamic_library_path": "/tmp"}}, "pg_parameters.dynamic_library_path"),
+    ({"pg_parameters": {"ssl_passphrase_command": "id"}}, "pg_parameters.ssl_passphrase_command"),
+    ({"pg_parameters": {"log_directory": "/etc"}}, "pg_parameters.log_directory"),
+    ({"pg_parameters": {"log_statement": "ddl"}}, "pg_parameters.log_statement"),
+    ({"pg_parameters": {"log_statement": "all"}}, "pg_parameters.log_statement"),
+    ({"pg_parameters": {"log_min_duration_statement": 0}}, "pg_parameters.log_min_duration_statement"),
+    ({"pg_parameters": {"password_encryption": "md5"}}, "pg_parameters.password_encryption"),
+    ({"pg_hba": ["host all all 0.0.0.0/0 trust"]}, "method trust"),
+    ({"pg_hba": ["hostssl all all 10.0.0.0 255.0.0.0 password"]}, "method password"),
+    ({"pg_hba": ["local all all ident"]}, "method ident"),
+    ({"pg_hba": ["HOST all all ::/0 Trust  # comment"]}, "method trust"),
+    ({"pg_hba": ["host all all"]}, "no authentication method"),
+    ({"pg_hba": ["hots all all 0.0.0.0/0 scram-sha-256"]}, "unknown connection type"),
+    ({"fail_interval": "10m"}, "fail_interval: at most"),
+    ({"proxy_timeout": 600}, "proxy_timeout: at most"),
 ])
 def test_bad_spec_names_the_key(doc: object, fragment: str) -> None:
     with pytest.raises(specmod.SpecError, match=fragment.replace(".", r"\.")):
         specmod.normalize(doc)
+
+
+def test_safe_settings_are_accepted() -> None:
+    s = specmod.normalize({"pg_parameters": {"log_statement": "none", "log_min_duration_statement": "250ms",
+                                             "password_encryption": "scram-sha-256", "work_mem": "8MB"},
+                           "pg_hba": ["# apps", "", "hostssl app app 10.0.0.0/8 scram-sha-256",
+                                      "host all all 10.0.0.0 255.0.0.0 scram-sha-256", "host all all 0.0.0.0/0 reject",
+                                      "local all all peer"],
+                           "fail_interval": "2m", "proxy_timeout": "120s"})
+    assert s.fail_interval == 120.0 and s.pg_parameters["log_min_duration_statement"] == "250ms"
 
 
 def test_spec_defaults_and_durations() -> None:
@@ -179,6 +210,10 @@ def test_init_twice_needs_yes_and_bad_spec_writes_nothing(tmp_path: Path) -> Non
         assert spec["synchronous_replication"] is True  # the refused init changed nothing
         upd = run("pghactl", *common, "update", "--patch", '{"max_synchronous_standbys": 0}')
         assert upd.returncode == 1 and "max_synchronous_standbys" in upd.stderr
+        for patch, key in (('{"pg_parameters": {"archive_cleanup_command": "id > /tmp/pwned"}}', "archive_cleanup_command"),
+                           ('{"pg_hba": ["host all all 0.0.0.0/0 trust"]}', "trust")):
+            upd = run("pghactl", *common, "update", "--patch", patch)
+            assert upd.returncode == 1 and key in upd.stderr, upd.stderr
         upd = run("pghactl", *common, "update", "--patch", '{"pg_parameters": {"work_mem": "8MB"}}')
         assert upd.returncode == 0 and "pg_parameters" in upd.stdout
         assert json.loads(run("pghactl", *common, "spec").stdout)["pg_parameters"] == {"work_mem": "8MB"}

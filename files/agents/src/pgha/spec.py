@@ -76,6 +76,47 @@ MANAGED_PG_PARAMETERS = frozenset(
     }
 )
 
+# Parameters that make PostgreSQL run a command or load code as the agents' user, or write files
+# where it is told: whoever may write the spec (the store) must not get a shell through them.
+UNSAFE_PG_PARAMETERS = frozenset(
+    {
+        "archive_command",
+        "archive_library",
+        "archive_cleanup_command",
+        "recovery_end_command",
+        "ssl_passphrase_command",
+        "shared_preload_libraries",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "dynamic_library_path",
+        "jit_provider",
+        "log_directory",
+        "log_filename",
+        "external_pid_file",
+        "krb_server_keyfile",
+        "ssl_cert_file",
+        "ssl_key_file",
+        "ssl_ca_file",
+        "ssl_crl_file",
+        "ssl_crl_dir",
+        "stats_temp_directory",
+    }
+)
+# Settings that would write passwords into the server log (ALTER ROLE ... PASSWORD is DDL), or weaken
+# how passwords are stored: only these values are accepted.
+RESTRICTED_PG_PARAMETERS = {
+    "log_statement": ("none",),
+    "password_encryption": ("scram-sha-256",),
+}
+# Statement logging by duration logs every statement (passwords too) when set to 0.
+NO_ZERO_PG_PARAMETERS = frozenset({"log_min_duration_statement", "log_min_duration_sample"})
+# pg_hba.conf methods that let a client in without a password, or with one sent in clear text
+REFUSED_HBA_METHODS = frozenset({"trust", "password", "ident"})
+HBA_TYPES = frozenset({"local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc"})
+# Upper bounds: beyond them a failure would go unnoticed for minutes.
+MAX_FAIL_INTERVAL = 120.0
+MAX_PROXY_TIMEOUT = 120.0
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _IDENT = re.compile(r"^[a-z0-9_]{1,63}$")
@@ -161,13 +202,23 @@ def _pg_parameters(params: Any) -> dict[str, str]:
             raise SpecError(f"pg_parameters: invalid parameter name {name!r}")
         if name in MANAGED_PG_PARAMETERS:
             raise SpecError(f"pg_parameters.{name}: managed by the keeper and cannot be set")
+        if name in UNSAFE_PG_PARAMETERS:
+            raise SpecError(f"pg_parameters.{name}: refused: it makes PostgreSQL run a command, load code or "
+                            "write files where it is told, as the agents' user")
         if value is None:
             continue
         if isinstance(value, bool):
             value = "on" if value else "off"
         if not isinstance(value, (str, int, float)):
             raise SpecError(f"pg_parameters.{name}: expected a string or number, got {value!r}")
-        clean[name] = str(value)
+        text = str(value)
+        allowed = RESTRICTED_PG_PARAMETERS.get(name)
+        if allowed is not None and text.strip().strip("'").lower() not in allowed:
+            raise SpecError(f"pg_parameters.{name}: only {', '.join(allowed)} is accepted (other values write "
+                            "passwords to the log or store them weakly)")
+        if name in NO_ZERO_PG_PARAMETERS and text.strip().strip("'") in ("0", "0ms", "0s"):
+            raise SpecError(f"pg_parameters.{name}: 0 logs every statement, passwords included; use a threshold")
+        clean[name] = text
     return clean
 
 
@@ -177,7 +228,28 @@ def _pg_hba(hba: Any) -> tuple[str, ...]:
     for line in hba:
         if "\n" in line or "\r" in line:
             raise SpecError("pg_hba: a line must not contain a newline")
+        method = _hba_method(line)
+        if method in REFUSED_HBA_METHODS:
+            raise SpecError(f"pg_hba: {line!r}: method {method} is refused (it admits clients without a password, "
+                            "or with one in clear text); use scram-sha-256")
     return tuple(hba)
+
+
+def _hba_method(line: str) -> str | None:
+    """The authentication method of a pg_hba.conf line (None for a comment or a blank line)."""
+    fields = line.split("#", 1)[0].split()
+    if not fields:
+        return None
+    kind = fields[0].lower()
+    if kind not in HBA_TYPES:
+        raise SpecError(f"pg_hba: {line!r}: unknown connection type {fields[0]!r} (one of {', '.join(sorted(HBA_TYPES))})")
+    # local DATABASE USER METHOD; host* DATABASE USER ADDRESS [MASK] METHOD
+    rest = fields[3:] if kind == "local" else fields[4:]
+    if kind != "local" and rest and re.match(r"^\d+\.\d+\.\d+\.\d+$", rest[0]):
+        rest = rest[1:]  # an address followed by a separate netmask
+    if not rest:
+        raise SpecError(f"pg_hba: {line!r}: no authentication method")
+    return rest[0].lower()
 
 
 def normalize(doc: Any) -> Spec:
@@ -211,6 +283,10 @@ def normalize(doc: Any) -> Spec:
         raise SpecError("sleep_interval: must be greater than zero")
     if spec["fail_interval"] < 1:
         raise SpecError("fail_interval: must be at least 1s (etcd leases have whole-second TTLs)")
+    if spec["fail_interval"] > MAX_FAIL_INTERVAL:
+        raise SpecError(f"fail_interval: at most {MAX_FAIL_INTERVAL:g}s (a failed primary would go unnoticed)")
+    if spec["proxy_timeout"] > MAX_PROXY_TIMEOUT:
+        raise SpecError(f"proxy_timeout: at most {MAX_PROXY_TIMEOUT:g}s (a proxy cut off would relay that long)")
     if spec["fail_interval"] <= spec["sleep_interval"]:
         raise SpecError("fail_interval must be greater than sleep_interval")
     if spec["proxy_check_interval"] <= 0:

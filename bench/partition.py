@@ -158,7 +158,7 @@ def main() -> int:
         t0 = time.monotonic()
         hosts.create("namespace", host_names=["pg1", "pg2", "pg3"])
         cluster = Cluster(hosts, reports)
-        rc = cluster.playbook("site.yml", log=reports / "site.log")
+        rc = doc["site_rc"] = cluster.playbook("site.yml", log=reports / "site.log")
         if rc != 0:
             raise RuntimeError(f"site.yml failed (log {reports / 'site.log'})")
         doc["bringup_s"] = round(time.monotonic() - t0, 1)
@@ -201,7 +201,8 @@ def main() -> int:
         # the JSON reports hold the analysis: the raw client events and the logs of runs that went
         # well are not kept (the chaos clients' events alone are megabytes)
         failed_logs = {Path(d["log"]).name for d in doc["drills"] if "log" in d} | (
-            {"chaos.log"} if doc["chaos"] and doc["chaos"]["rc"] != 0 else set())
+            {"chaos.log"} if doc["chaos"] and doc["chaos"]["rc"] != 0 else set()) | (
+            {"site.log"} if doc.get("site_rc") != 0 else set())
         for f in list(reports.glob("*.events")) + [x for x in reports.glob("*.log") if x.name not in failed_logs]:
             f.unlink()
     doc["summary"] = summarize(doc["drills"])

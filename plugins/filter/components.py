@@ -95,8 +95,9 @@ def etcd_components(members, settings):
                 "--election-timeout", str(s["election_timeout"]),
                 # a member that was cut off must not depose the leader when it comes back: without
                 # pre-vote its raised term forces an election, and for that second or two no lease
-                # can be renewed (primaries fence themselves, proxies stop relaying)
-                "--pre-vote", "true",
+                # can be renewed (primaries fence themselves, proxies stop relaying). A boolean flag
+                # takes its value after "=" (a separate "true" is refused as a stray argument).
+                "--pre-vote=true",
                 "--quota-backend-bytes", str(s["quota_backend_bytes"]),
             ] + _list(s["extra_args"], "etcd_extra_args"),
             "environment": {},

@@ -370,7 +370,7 @@ class EtcdCluster:
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", self.token,
-                "--heartbeat-interval", "100", "--election-timeout", "1000", "--pre-vote", "true",  # as the etcd role runs it
+                "--heartbeat-interval", "100", "--election-timeout", "1000", "--pre-vote=true",  # as the etcd role runs it
                 "--logger", "zap", "--log-outputs", "stderr",
             ]
             (self.tmp / name).mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 import harness
 from pgha import spec as specmod
-from pgha.model import ClusterData, Command, FormatError, KeeperStatus
+from pgha.model import ClusterData, Command, FormatError, KeeperStatus, ProxyStatus
 
 AGENTS = ("pgha-keeper", "pgha-sentinel", "pgha-proxy", "pghactl")
 
@@ -325,16 +326,30 @@ def test_malformed_commands_and_cluster_data_specs_stop_no_agent(cluster_factory
         for uid, kp in c.keepers.items():
             assert "refusing to act on the cluster data" in kp.log_text() and "does not validate" in kp.log_text(), uid
         time.sleep(4)  # longer than a lease: a dead lease or fence thread would show now
-        st = c.status()
+        # pghactl status refuses the cluster data too (it says why); the keepers' own documents show
+        # each still holds its lease, and the primary runs (not fenced)
+        bad = c.ctl("status", check=False)
+        assert bad.returncode == 1 and "does not validate" in bad.stderr
         assert all(kp.is_running() for kp in c.keepers.values())
-        assert {x["uid"] for x in st["keepers"] if x["phase"] != "down"} == set(c.keepers), st["keepers"]
-        primary = next(x for x in st["keepers"] if x["role"] == "primary")
-        assert primary["healthy"], st["keepers"]  # the primary kept its lease: not fenced
+        statuses = [KeeperStatus.loads(kv.value) for kv in store.get_prefix(k.keepers)[0]]
+        assert {x.uid for x in statuses} == set(c.keepers), statuses
+        assert any(x.role == "primary" and x.healthy for x in statuses), statuses
         assert "Traceback" not in "".join(kp.log_text() for kp in c.keepers.values())
         # put back: the cluster goes on
         kv = store.get(k.clusterdata)
         doc = json.loads(kv.value)
         doc["spec"]["fail_interval"] = 3.0
         assert store.cas(k.clusterdata, json.dumps(doc), kv.mod_revision)
+
+        # Status documents written by hand, without a lease: a proxy whose acknowledgement the failover
+        # would wait for, and a copy of the primary under another key. Neither holds up a failover.
+        st = c.status()
+        old = st["cluster"]["primary"]
+        primary = store.get(k.keeper(old))
+        store.put(k.proxy("forged"), ProxyStatus(uid="forged", generation=0).dumps())
+        store.put(k.keeper("forged"), primary.value)
+        c.keepers[old].signal_tree(signal.SIGKILL)
+        c.wait_for(lambda s: s["cluster"]["primary"] not in (None, old) and s["cluster"]["phase"] == "normal"
+                   and s["cluster"]["transition"] is None, timeout=60, what="a failover despite the forged documents")
     finally:
         store.close()

@@ -68,6 +68,16 @@ def read_spec(raw: bytes) -> tuple[Spec, str]:
         raise FormatError(f"spec: {exc}") from None
 
 
+def _check_status_key(name: str, uid: str, lease: int) -> None:
+    """A status document counts only under the key of the uid it names and attached to a lease:
+    each agent writes its own under its own lease, so anything else was written by hand (or forged),
+    and believing it could hold up a failover for ever."""
+    if name.split("/", 1)[1] != uid:
+        raise FormatError(f"the document names {uid!r}, not the uid of its key")
+    if not lease:
+        raise FormatError("not attached to a lease (every agent writes its status under its own lease)")
+
+
 class Sentinel:
     def __init__(self, store: Store, prefix: str, cluster: str, uid: str) -> None:
         self.store = store
@@ -82,6 +92,7 @@ class Sentinel:
         self.interval = default().sleep_interval
         self.fail_interval = default().fail_interval
         self._last_problem = ""
+        self._ignoring: set[str] = set()  # status documents ignored at the last check, and why
         self._last_heartbeat = 0.0
         self.steady = False  # the leader's last check found nothing under way (see the module doc)
         self._store_leader_checked = 0.0
@@ -156,10 +167,12 @@ class Sentinel:
                     cd = ClusterData.loads(kv.value)
                 elif name.startswith("keepers/"):
                     st = KeeperStatus.loads(kv.value)
+                    _check_status_key(name, st.uid, kv.lease)
                     keepers[st.uid] = st
                     keeper_leases[st.uid] = kv.lease
                 elif name.startswith("proxies/"):
                     p = ProxyStatus.loads(kv.value)
+                    _check_status_key(name, p.uid, kv.lease)
                     proxies[p.uid] = p
                 elif name.startswith("commands/"):
                     cmd = Command.loads(name[len("commands/"):], kv.value)
@@ -176,8 +189,9 @@ class Sentinel:
                         self._last_problem = problem
                     return None, revision, cd_rev
                 problems.append(f"ignoring {name}: {exc}")
-        for p in problems:
-            logger.warning(p)
+        for p in sorted(set(problems) - self._ignoring):
+            logger.warning(p)  # once: the same document is ignored silently until it changes
+        self._ignoring = set(problems)
         self._last_problem = ""
         if spec is not None:
             self.interval = spec.sleep_interval

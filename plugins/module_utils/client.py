@@ -17,7 +17,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 PGHA_IMPORT_ERROR = None
 try:
     from pgha.ctl import Ctl, CtlError
-    from pgha.spec import patch_between
+    from pgha.spec import patch_between  # pylint: disable=unused-import  (for the modules)
     from pgha.store import StoreError, open_store
 except ImportError:  # pragma: no cover - exercised through HAS_PGHA in tests
     Ctl = None
@@ -118,4 +118,3 @@ def run_ctl_module(run, argument_spec, open_ctl_fn):
     if not module._diff:
         result.pop("diff", None)
     module.exit_json(**result)
-

@@ -17,12 +17,10 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 PGHA_IMPORT_ERROR = None
 try:
     from pgha.ctl import Ctl, CtlError
-    from pgha.spec import patch_between  # pylint: disable=unused-import  (for the modules)
     from pgha.store import StoreError, open_store
 except ImportError:  # pragma: no cover - exercised through HAS_PGHA in tests
     Ctl = None
     open_store = None
-    patch_between = None
 
     class CtlError(Exception):  # type: ignore[no-redef]
         """Stand-in so that except clauses work when pgha is missing."""
@@ -118,3 +116,20 @@ def run_ctl_module(run, argument_spec, open_ctl_fn):
     if not module._diff:
         result.pop("diff", None)
     module.exit_json(**result)
+
+
+def patch_between(old, new):
+    """The JSON merge patch (RFC 7386) that turns the document ``old`` into ``new`` ({} when equal):
+    keys missing from ``new`` become None (deletion), objects are compared key by key, any other
+    value (lists too) is replaced whole. Applying one is pgha.spec.merge_patch's job."""
+    patch = dict((key, None) for key in old if key not in new)
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            sub = patch_between(old[key], value)
+            if sub:
+                patch[key] = sub
+        elif value != old[key]:
+            patch[key] = value
+    return patch

@@ -334,22 +334,5 @@ def replace_whole(current: Spec, doc: Any) -> Spec:
     return new
 
 
-def patch_between(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch that turns the JSON document ``old`` into ``new`` ({} when equal)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return copy.deepcopy(new)
-    patch: dict[str, Any] = {key: None for key in old if key not in new}
-    for key, value in new.items():
-        if key not in old:
-            patch[key] = copy.deepcopy(value)
-        elif isinstance(value, dict) and isinstance(old[key], dict):
-            sub = patch_between(old[key], value)
-            if sub != {}:
-                patch[key] = sub
-        elif value != old[key]:
-            patch[key] = copy.deepcopy(value)
-    return patch
-
-
 def valid_uid(uid: str) -> bool:
     return bool(_IDENT.match(uid))

@@ -86,7 +86,7 @@ def test_store_error_is_reported_clearly(run_module, use_ctl):
 
 
 def test_the_patch_reported_is_the_one_between_the_documents():
-    patch_between = client.patch_between  # pgha.spec's, as the module uses it
+    patch_between = client.patch_between
     assert patch_between({"a": {"b": 1}, "c": [1]}, {"a": {"b": 1}, "c": [1]}) == {}
     assert patch_between({"a": 1}, {}) == {"a": None}
     assert patch_between({"c": [1, 2]}, {"c": [2]}) == {"c": [2]}

@@ -136,8 +136,8 @@ class ClientSide(_Side):
             self.relay.early.append(data)
             self.transport.pause_reading()  # type: ignore[union-attr]
             return
+        self.stats.bytes_in += len(data)  # counted first: the API thread may read it once the peer has it
         peer.write(data)
-        self.stats.bytes_in += len(data)
 
 
 class UpstreamSide(_Side):
@@ -157,8 +157,8 @@ class UpstreamSide(_Side):
         if _now() > self.fence.deadline:
             self.relay.fence_close()
             return
+        self.stats.bytes_out += len(data)  # counted first: the client may ask /metrics as soon as it has it
         self.peer.write(data)  # type: ignore[union-attr]
-        self.stats.bytes_out += len(data)
 
 
 class Relay:

@@ -57,23 +57,32 @@ class Fencing:
     def fence_loop(self) -> None:
         """The fence timer (see the module doc): wakes every FENCE_TICK at most."""
         while not self.stopping.is_set():
-            if self.update_fence() and self.pg.running() and not self.pg.is_standby_configured():
-                age = self.lease.age()
-                logger.error("FENCING: could not renew our lease for %.1fs (granted ttl %ss): killing PostgreSQL "
-                             "now, a primary without a live lease must not accept writes",
-                             age if age is not None else -1, self.lease.ttl)
-                self.phase = "fenced"
-                try:
-                    self.pg.kill()
-                except PgError as exc:
-                    logger.error("fencing: %s", exc)
+            self.enforce_fence()
             left = self.lease.deadline() - time.monotonic()
             self.stopping.wait(min(FENCE_TICK, left) if left > 0.001 else FENCE_TICK)
+
+    def enforce_fence(self) -> None:
+        """Kill a PostgreSQL running as primary while the lease may have lapsed. Called by the fence
+        timer and, before each renewal, by the lease thread: whichever observes the lapse first acts,
+        so a keeper that was frozen past its deadline kills its primary before a new lease can hide
+        the lapse (the lease thread re-registering first once left it running until the main loop
+        stopped it)."""
+        if self.update_fence() and self.pg.running() and not self.pg.is_standby_configured():
+            age = self.lease.age()
+            logger.error("FENCING: could not renew our lease for %.1fs (granted ttl %ss): killing PostgreSQL "
+                         "now, a primary without a live lease must not accept writes",
+                         age if age is not None else -1, self.lease.ttl)
+            self.phase = "fenced"
+            try:
+                self.pg.kill()
+            except PgError as exc:
+                logger.error("fencing: %s", exc)
 
     def renew(self) -> None:
         """One renewal attempt. A new lease (the first one, one after the old one expired on the
         server, or one at a changed TTL) gets our status at once, and a superseded lease is revoked
         only once the status is under the new one."""
+        self.enforce_fence()  # a lapse (a freeze, a stalled thread) is acted on before a new grant
         previous, ttl = self.lease.id, self.ttl()
         granted = self.lease.renew(ttl)
         if granted:

@@ -4,9 +4,10 @@ Two threads: the **lease** thread renews the keeper's lease (``pgha.store.lease.
 LEASE_TICK, each attempt bounded by a budget well inside the TTL the server granted; the **fence**
 timer, on its own clock, kills a PostgreSQL that runs as primary once the lease's deadline passes
 (``fence_margin`` before the server can expire it, counted from the last renewal *sent* and the TTL
-the server *granted*), and keeps it down until the lease is renewed. The fence never waits on a
-store request or on the keeper's lock, so a store that hangs cannot delay it: the sentinel acts on
-the lease's expiry only after that.
+the server *granted*), and keeps it down until the lease is renewed; the lease thread enforces the
+same fence before each renewal, so a lapse is never hidden by a new grant. The fence timer never
+waits on a store request or on the keeper's lock, so a store that hangs cannot delay it: the
+sentinel acts on the lease's expiry only after that.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Fencing:
                 self.lease.release_superseded()
 
     def lease_loop(self) -> None:
-        """Renew the lease every LEASE_TICK; fencing is the fence timer's job, not this thread's."""
+        """Renew the lease every LEASE_TICK (each renewal first enforces the fence, as the timer does)."""
         problem = ""
         while not self.stopping.is_set():
             started = time.monotonic()

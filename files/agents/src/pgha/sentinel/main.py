@@ -89,8 +89,9 @@ class Sentinel:
         self.leader = False
         self.memory = Memory()
         self.stopping = threading.Event()
-        self.interval = default().sleep_interval
-        self.fail_interval = default().fail_interval
+        spec = default()  # until the spec key is read
+        self.interval = spec.sleep_interval
+        self.fail_interval = spec.fail_interval
         self._last_problem = ""
         self._ignoring: set[str] = set()  # status documents ignored at the last check, and why
         self._last_heartbeat = 0.0

@@ -464,3 +464,47 @@ def test_a_primary_cut_off_from_the_store_is_fenced_and_rejoins_without_acting_o
     finally:
         for h in holes:
             h.close()
+
+
+def test_silent_sockets_cost_no_backend_and_the_read_only_fallback_refuses_writes(cluster_factory) -> None:
+    """300 sockets that never speak hold file descriptors, not PostgreSQL backends (max_connections is
+    100): a real client still connects and writes. With no replica, the read-only port's sessions on
+    the primary are read-only."""
+    import socket
+
+    c = cluster_factory(keepers=1, sentinels=1)
+    st = c.wait_for(healthy_cluster(1), timeout=120, what="a one-keeper cluster")
+    port = c.proxy_port["proxy0"]
+    silent = []
+    try:
+        for _ in range(300):
+            silent.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        started = time.monotonic()
+        write_row(c, "past-the-flood")
+        elapsed = time.monotonic() - started
+        print(f"connected and wrote through the proxy in {elapsed:.3f}s with 300 silent sockets open")
+        direct = c.connect_keeper(primary_of(st))
+        with direct.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            backends = cur.fetchone()[0]
+        direct.close()
+        assert backends < 10, f"{backends} client backends: the silent sockets opened PostgreSQL connections"
+    finally:
+        for s in silent:
+            s.close()
+
+    ro = c.connect_ro()  # libpq's default sslmode=prefer: the proxy declines TLS on the fallback
+    try:
+        with ro.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')")
+            assert cur.fetchone() == (False, "on")  # the primary, read-only
+        ro.rollback()
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            with ro.cursor() as cur:
+                cur.execute("INSERT INTO t (v) VALUES ('through-the-read-only-port')")
+    finally:
+        ro.close()
+    with pytest.raises(psycopg2.OperationalError, match="does not support SSL"):
+        c.connect_ro(sslmode="require")
+    assert "through-the-read-only-port" not in read_values(c.connect_rw())

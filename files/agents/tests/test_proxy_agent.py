@@ -6,17 +6,28 @@ import asyncio
 import json
 import socket
 import socketserver
+import struct
 import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from typing import Any, Callable
 
 import pytest
 
 from pgha.model import ClusterData, KeeperSpec, ProxySpec, ProxyStatus, keys
 from pgha.proxy.agent import ProxyAgent, advertised_host
-from pgha.proxy.relay import RO, RW
+from pgha.proxy.protocol import (
+    SSL_REQUEST,
+    StartupError,
+    error_response,
+    first_message,
+    read_only_startup,
+    startup_message,
+    startup_parameters,
+)
+from pgha.proxy.relay import RO, RW, Limits
 from pgha.spec import normalize
 from pgha.store.memory import MemoryStore
 
@@ -26,7 +37,8 @@ TIMEOUT = 1.0
 
 
 class Echo:
-    """A stand-in for PostgreSQL: answers every chunk with '<name>:<chunk>' and records what it got."""
+    """A stand-in for PostgreSQL: answers every chunk with '<name>:<chunk>' and records what it got.
+    A connection's first chunk, when it is a StartupMessage made by ``hello(text)``, counts as ``text``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -37,11 +49,15 @@ class Echo:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 outer.open += 1
+                first = True
                 try:
                     while True:
                         data = self.request.recv(65536)
                         if not data:
                             return
+                        if first:
+                            first = False
+                            data = unwrap(data)
                         outer.received += data
                         self.request.sendall(outer.name.encode() + b":" + data)
                 except OSError:
@@ -150,15 +166,45 @@ def connect(port: int) -> socket.socket:
     return s
 
 
+_SPOKEN: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+
+
+def hello(text: bytes) -> bytes:
+    """A StartupMessage carrying ``text``: the first message the proxy waits for."""
+    return startup_message({"user": text.decode()})
+
+
+def unwrap(data: bytes) -> bytes:
+    """``data`` with a leading hello(text) replaced by text (read-only marks dropped, see Echo)."""
+    try:
+        first = first_message(data)
+    except StartupError:
+        return data
+    if first is None or first[1] >> 16 != 3:
+        return data
+    params = dict(startup_parameters(data[:first[0]]))
+    mark = b"(ro)" if params.get(b"default_transaction_read_only") == b"on" else b""
+    return params.get(b"user", b"") + mark + data[first[0]:]
+
+
 def ask(sock: socket.socket, text: bytes) -> bytes:
+    """Send ``text`` and return the answer; the first time on ``sock`` as hello(text), the message
+    the proxy reads before it connects upstream."""
+    if sock not in _SPOKEN:
+        _SPOKEN.add(sock)
+        text = hello(text)
     sock.sendall(text)
     return sock.recv(65536)
 
 
 def closed_by_peer(sock: socket.socket, timeout: float = 3.0) -> bool:
+    """Whether the proxy closed ``sock`` (after an ErrorResponse, for a client it never relayed)."""
     sock.settimeout(timeout)
     try:
-        return sock.recv(65536) == b""
+        data = sock.recv(65536)
+        while data[:1] == b"E":
+            data = sock.recv(65536)
+        return data == b""
     except ConnectionResetError:
         return True
     except socket.timeout:
@@ -239,7 +285,7 @@ def test_target_none_closes_and_holds_new_clients_until_a_target_appears(store, 
     wait_for(acked(store, 2))
     assert closed_by_peer(old)
     held = connect(proxy.port)
-    held.sendall(b"early")
+    held.sendall(hello(b"early"))
     time.sleep(0.3)
     assert echoes["k1"].received == b"a" and echoes["k2"].received == b""  # nothing forwarded while held
     put_cd(store, "k2", 3, echoes)
@@ -248,13 +294,26 @@ def test_target_none_closes_and_holds_new_clients_until_a_target_appears(store, 
     held.close()
 
 
-def test_held_client_is_closed_when_no_target_appears(store, echoes, proxy):
+def error_of(sock: socket.socket, timeout: float = 5.0) -> tuple[str, str]:
+    """(SQLSTATE, message) of the ErrorResponse the proxy answered with, once it closed ``sock``."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    assert data[:1] == b"E", data
+    fields = {f[:1]: f[1:].decode() for f in data[5:].split(b"\0") if f}
+    return fields[b"C"], fields[b"M"]
+
+
+def test_held_client_is_answered_no_primary_when_no_target_appears(store, echoes, proxy):
     put_cd(store, None, 1, echoes)
     wait_for(acked(store, 1))
     start = time.monotonic()
     with connect(proxy.port) as c:
-        assert closed_by_peer(c, timeout=TIMEOUT + 2)
+        c.sendall(hello(b"x"))
+        code, message = error_of(c, timeout=TIMEOUT + 2)
     assert time.monotonic() - start >= TIMEOUT * 0.8
+    assert code == "57P03" and "no primary elected" in message, message
 
 
 def test_store_down_stops_listening_and_recovery_listens_again(store, echoes, proxy):
@@ -333,15 +392,17 @@ def test_read_only_round_robin_fallback_and_fencing(store, echoes, proxy):
     put_cd(store, "k1", 3, echoes, ro=())
     wait_for(acked(store, 3))
     with connect(proxy.ro_port) as c:
-        assert ask(c, b"f") == b"k1:f"  # no replica: read-only traffic goes to the primary
+        assert ask(c, b"f") == b"k1:f(ro)"  # no replica: read-only traffic goes to the primary, read-only
 
 
-def test_upstream_down_closes_the_client(store, echoes, proxy):
+def test_upstream_down_answers_the_client_with_the_reason(store, echoes, proxy):
     dead = {"k1": echoes["k1"], "gone": type("E", (), {"address": f"127.0.0.1:{free_port()}"})()}
     put_cd(store, "gone", 1, dead)
     wait_for(acked(store, 1))
     with connect(proxy.port) as c:
-        assert closed_by_peer(c)
+        c.sendall(hello(b"x"))
+        code, message = error_of(c)
+    assert code == "08006" and "cannot connect to the primary (gone)" in message, message
 
 
 def test_health_and_metrics(store, echoes):
@@ -372,7 +433,8 @@ def test_health_and_metrics(store, echoes):
             assert 'pgha_proxy_connections{port="rw"} 1' in text
             assert 'pgha_proxy_connections{port="ro"} 0' in text
             assert "pgha_proxy_connections_total 1" in text
-            assert 'pgha_proxy_bytes_total{direction="in"} 5' in text
+            assert f'pgha_proxy_bytes_total{{direction="in"}} {len(hello(b"12345"))}' in text
+            assert "pgha_proxy_refused_connections_total 0" in text
             assert 'pgha_proxy_bytes_total{direction="out"} 8' in text
             assert 'pgha_proxy_target_info{target="k1"} 1' in text
             assert "pgha_proxy_listening 1" in text
@@ -439,3 +501,113 @@ def test_port_taken_at_start_is_an_error(store):
 
         with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
             asyncio.run(main())
+
+
+# -- starvation: what a client must send before the proxy spends anything upstream, and the limits
+def test_silent_sockets_open_no_upstream_and_are_closed_after_the_startup_timeout(store, echoes):
+    running = Running(store, limits=Limits(startup_timeout=0.5))
+    try:
+        put_cd(store, "k1", 1, echoes)
+        wait_for(acked(store, 1))
+        silent = [connect(running.port) for _ in range(50)]
+        partial = connect(running.port)
+        partial.sendall(hello(b"p")[:6])  # half a startup packet is not a first message yet
+        time.sleep(0.2)
+        assert echoes["k1"].open == 0  # not one upstream connection for them
+        with connect(running.port) as c:
+            assert ask(c, b"a") == b"k1:a"  # a client that speaks is relayed at once
+        for s in silent + [partial]:
+            assert closed_by_peer(s, timeout=3)
+            s.close()
+        assert running.agent.pool.stats.silent_closed == 51
+        assert echoes["k1"].received == b"a"
+    finally:
+        running.stop()
+
+
+def test_connection_limits_answer_with_the_reason(store, echoes, caplog):
+    psycopg2 = pytest.importorskip("psycopg2")
+    running = Running(store, limits=Limits(max_connections=6, max_per_source=3))
+    try:
+        put_cd(store, "k1", 1, echoes)
+        wait_for(acked(store, 1))
+        held = [connect(running.port) for _ in range(3)]
+        time.sleep(0.1)
+        with pytest.raises(psycopg2.OperationalError, match="connection limit reached \\(3 connections from "
+                                                            "127.0.0.1\\)"):
+            psycopg2.connect(host="127.0.0.1", port=running.port, user="x", connect_timeout=3)
+        with connect(running.port) as over:  # a raw client is told the same, in an ErrorResponse
+            over.sendall(hello(b"x"))
+            assert error_of(over) == ("53300", "pgha-proxy: connection limit reached (3 connections from 127.0.0.1)")
+        for s in held:
+            s.close()
+        wait_for(lambda: running.agent.pool.count() == 0, what="closed connections forgotten")
+        with connect(running.port) as c:
+            assert ask(c, b"a") == b"k1:a"  # the limit counts open connections only
+        # the total limit, from other source addresses (127.0.0.2 and .3 are loopback too)
+        others = []
+        for src in ("127.0.0.2", "127.0.0.3"):
+            for _ in range(3):
+                s = socket.socket()
+                s.bind((src, 0))
+                s.connect(("127.0.0.1", running.port))
+                others.append(s)
+        time.sleep(0.1)
+        with connect(running.port) as over:
+            over.sendall(hello(b"x"))
+            assert error_of(over) == ("53300", "pgha-proxy: connection limit reached (6 client connections)")
+        for s in others:
+            s.close()
+        assert "turned away a rw client from 127.0.0.1: connection limit reached" in caplog.text
+    finally:
+        running.stop()
+
+
+def test_a_client_that_is_not_postgresql_is_answered_and_closed(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes)
+    wait_for(acked(store, 1))
+    with connect(proxy.port) as c:
+        c.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        code, message = error_of(c)
+    assert code == "08P01" and "invalid length of startup packet" in message, message
+    assert echoes["k1"].open == 0 and echoes["k1"].received == b""
+
+
+def test_read_only_fallback_declines_tls_and_marks_the_session_read_only(store, echoes, proxy):
+    put_cd(store, "k1", 1, echoes, ro=())
+    wait_for(acked(store, 1))
+    with connect(proxy.ro_port) as c:
+        c.sendall(struct.pack("!ii", 8, SSL_REQUEST))
+        assert c.recv(1) == b"N"  # the proxy answers itself: the session to the primary must stay in clear
+        _SPOKEN.add(c)
+        c.sendall(hello(b"q"))
+        assert c.recv(100) == b"k1:q(ro)"
+    with connect(proxy.port) as c:  # the read-write port passes everything through
+        c.sendall(struct.pack("!ii", 8, SSL_REQUEST))
+        assert c.recv(100).startswith(b"k1:")
+    put_cd(store, "k1", 2, echoes, ro=("k2",))
+    wait_for(acked(store, 2))
+    with connect(proxy.ro_port) as c:  # a replica gets the client's own messages
+        c.sendall(struct.pack("!ii", 8, SSL_REQUEST))
+        assert c.recv(100).startswith(b"k2:")
+
+
+def test_protocol_first_message_and_error_response():
+    assert first_message(b"\0\0\0") is None
+    packet = startup_message({"user": "u", "database": "d"})
+    assert first_message(packet[:-1]) is None
+    assert first_message(packet + b"more") == (len(packet), 3 << 16)
+    assert first_message(struct.pack("!ii", 8, SSL_REQUEST)) == (8, SSL_REQUEST)
+    for bad, why in ((struct.pack("!ii", 4, 0), "invalid length"), (struct.pack("!ii", 10001, 3 << 16), "invalid length"),
+                     (struct.pack("!ii", 12, 2 << 16), "unsupported frontend protocol 2.0"),
+                     (struct.pack("!ii", 12, SSL_REQUEST), "invalid length 12 of request")):
+        with pytest.raises(StartupError, match=why):
+            first_message(bad)
+    ro = read_only_startup(startup_message({"user": "u", "default_transaction_read_only": "off"}))
+    assert startup_parameters(ro) == [(b"user", b"u"), (b"default_transaction_read_only", b"on")]
+    assert first_message(ro) == (len(ro), 3 << 16)
+    with pytest.raises(StartupError):
+        read_only_startup(struct.pack("!ii", 11, 3 << 16) + b"abc")
+    err = error_response("53300", "nope\0")
+    assert err[:1] == b"E" and struct.unpack_from("!i", err, 1)[0] == len(err) - 1
+    assert b"C53300\0" in err and b"Mnope?\0" in err and err.endswith(b"\0\0")

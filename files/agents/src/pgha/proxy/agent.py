@@ -28,7 +28,7 @@ from typing import Any
 from pgha import http
 from pgha.model import ClusterData, FormatError, Keys, ProxyStatus
 from pgha.proxy.decide import Observation, ProxyState, decide
-from pgha.proxy.relay import RO, RW, Pool
+from pgha.proxy.relay import RO, RW, Limits, Pool
 from pgha.store.base import Store, StoreError
 from pgha.store.lease import Lease
 
@@ -69,7 +69,7 @@ def advertised_host(listen_address: str, endpoints: list[str]) -> str:
 class ProxyAgent:
     def __init__(self, store: Store, keys: Keys, uid: str, *, listen_address: str = "127.0.0.1",
                  port: int = 25432, ro_port: int = 0, api_address: str | None = None, api_port: int = 0,
-                 reuse_port: bool = False, advertise_address: str | None = None) -> None:
+                 reuse_port: bool = False, advertise_address: str | None = None, limits: Limits | None = None) -> None:
         self.store = store
         self.keys = keys
         self.uid = uid
@@ -81,6 +81,7 @@ class ProxyAgent:
         self.api_address = api_address if api_address is not None else listen_address
         self.api_port = api_port
         self.reuse_port = reuse_port
+        self.limits = limits or Limits()
         self.state = ProxyState(ro_enabled=bool(ro_port))
         self.api: http.ApiServer | None = None
         self.pool: Pool | None = None
@@ -124,7 +125,7 @@ class ProxyAgent:
         """Serve until ``stop`` is set; raises OSError when a port cannot be bound at start."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self.pool = Pool(loop)
+        self.pool = Pool(loop, self.limits)
         self._listen_lock = asyncio.Lock()
         self._fatal = loop.create_future()
         if self.api_port:
@@ -193,6 +194,7 @@ class ProxyAgent:
         pool.fence.deadline = st.deadline
         pool.rw = st.rw
         pool.ro = st.ro
+        pool.ro_fallback = st.ro_fallback
         pool.hold_timeout = st.timeout
         expired = pool.release_held()
         if actions.messages or closed:
@@ -420,6 +422,12 @@ class ProxyAgent:
              stats.fenced if stats else 0),
             ("pgha_proxy_failed_connects_total", "counter", "Upstream connects that failed.", {},
              stats.failed_connects if stats else 0),
+            ("pgha_proxy_refused_connections_total", "counter",
+             "Clients turned away with an ErrorResponse (limits, no target, upstream down, not a PostgreSQL "
+             "client).", {}, stats.refused if stats else 0),
+            ("pgha_proxy_silent_closed_connections_total", "counter",
+             "Clients closed for sending no startup message within the startup timeout.", {},
+             stats.silent_closed if stats else 0),
             ("pgha_proxy_target_info", "gauge", "The keeper read-write traffic goes to.",
              {"target": st.rw[0] if st.rw else "none"}, 1),
             ("pgha_proxy_generation", "gauge", "The proxy generation applied.", {}, st.generation),

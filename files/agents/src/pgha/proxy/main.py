@@ -13,6 +13,7 @@ from pgha import log as pgha_log
 from pgha.cli import EnvParser, common_parser, die, parse_bool, store_from_args
 from pgha.model import keys
 from pgha.proxy.agent import ProxyAgent, advertised_host
+from pgha.proxy.relay import Limits
 from pgha.spec import valid_uid
 from pgha.store.base import StoreError
 
@@ -24,7 +25,12 @@ Fencing: when the primary changes, every connection to the old one is closed bef
 acknowledges the change in the store (the sentinel waits for that acknowledgement before promoting).
 When the store cannot be read for proxy_timeout (cluster spec), the proxy closes every connection
 and stops listening until it can read the store again. A client that connects while there is no
-primary (during a failover) is held for up to proxy_timeout, then relayed or closed.
+primary (during a failover) is held for up to proxy_timeout, then relayed or answered with the
+error "no primary elected".
+
+Starvation: no PostgreSQL connection is opened before the client has sent its startup message, a
+client that sends none is closed after --startup-timeout, and connection limits (total and per
+source address) turn clients away with "connection limit reached".
 """
 
 EPILOG = """\
@@ -46,6 +52,26 @@ def _port(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, got {value:g}")
+    return value
+
+
 def build_parser() -> EnvParser:
     p = common_parser("pgha-proxy", DESCRIPTION, EPILOG)
     p.add_flag("--uid", help="unique id of this proxy in the store (letters a-z, digits, _); "
@@ -55,7 +81,8 @@ def build_parser() -> EnvParser:
                help="read-write port: relayed to the primary (0: any free port, see the status in the store)")
     p.add_flag("--ro-port", type=_port, default=0,
                help="read-only port: relayed round-robin to the replicas fit for reads, or to the primary when "
-                    "there is none (0: off)")
+                    "there is none, its sessions then started with default_transaction_read_only=on and without "
+                    "TLS (0: off)")
     p.add_flag("--advertise-address",
                help="host the proxy reports in the store for clients, drills and the inventory (default: "
                     "--listen-address; when that is a wildcard such as 0.0.0.0, the local address this host "
@@ -67,6 +94,14 @@ def build_parser() -> EnvParser:
                help="open the client ports with SO_REUSEPORT, so that several proxies (each with its own --uid "
                     "and --api-port) share them and the kernel spreads connections over them: one proxy process "
                     "relays on one core")
+    p.add_flag("--max-connections", type=_count, default=Limits.max_connections,
+               help="client connections this proxy keeps open on both ports together; one more is answered with "
+                    "'connection limit reached' (0: no limit; keep it under the file-descriptor limit / 2)")
+    p.add_flag("--max-connections-per-source", type=_count, default=Limits.max_per_source,
+               help="client connections from one source address (0: no limit)")
+    p.add_flag("--startup-timeout", type=_seconds, default=Limits.startup_timeout,
+               help="seconds a client may stay connected without sending its startup message before the proxy "
+                    "closes it (no PostgreSQL connection is opened before that message)")
     p.add_flag("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                help="event loop that relays the bytes: uvloop (libuv-based, less CPU per relayed message; "
                     "see docs/benchmarks.md), asyncio (the standard library's), or auto (uvloop when installed)")
@@ -101,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                        listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
                        api_address=args.api_listen_address or args.listen_address, api_port=args.api_port,
                        reuse_port=args.reuse_port,
+                       limits=Limits(args.max_connections, args.max_connections_per_source, args.startup_timeout),
                        advertise_address=args.advertise_address
                        or advertised_host(args.listen_address, args.store_endpoints.split(",")))
 

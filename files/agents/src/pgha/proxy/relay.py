@@ -5,8 +5,14 @@ to the other side and counts it. Flow control is the transports' own: when one s
 goes over its high-water mark, reading from the other side pauses until it drains.
 
 ``Pool`` owns every relay, keyed by port ("rw" or "ro") and target keeper uid, so that fencing a
-target closes exactly its connections. A client that arrives while there is no route is held
-(not read from) for up to ``hold_timeout`` seconds, then connected or closed.
+target closes exactly its connections.
+
+Before any upstream connection, the proxy reads the client's first message (``protocol``): a socket
+that never speaks costs a file descriptor, not a PostgreSQL backend, and is closed after
+``Limits.startup_timeout``. A client over a connection limit, or one that waited ``hold_timeout``
+seconds without a route (during a failover), is answered with an ErrorResponse saying why. When
+the read-only port stands in the primary for missing replicas, the session is made read-only in
+its StartupMessage.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import logging
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import cast
+
+from pgha.proxy import protocol
 
 log = logging.getLogger("pgha.proxy")
 
@@ -64,7 +73,8 @@ class Fence:
 class Stats:
     """Counters read by the metrics endpoint (plain ints: safe to read from another thread)."""
 
-    __slots__ = ("open_rw", "open_ro", "total", "bytes_in", "bytes_out", "fenced", "failed_connects")
+    __slots__ = ("open_rw", "open_ro", "total", "bytes_in", "bytes_out", "fenced", "failed_connects", "refused",
+                 "silent_closed")
 
     def __init__(self) -> None:
         self.open_rw = 0
@@ -74,6 +84,8 @@ class Stats:
         self.bytes_out = 0  # PostgreSQL -> client
         self.fenced = 0
         self.failed_connects = 0
+        self.refused = 0  # turned away with an ErrorResponse
+        self.silent_closed = 0  # closed for not sending a first message in time
 
 
 class _Side(asyncio.Protocol):
@@ -116,25 +128,16 @@ class ClientSide(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        # Nothing is read until the upstream is connected. Python 3.11 registers the reader after
-        # connection_made even when paused there, hence the second pause on the next iteration.
-        transport.pause_reading()
-        asyncio.get_running_loop().call_soon(self._hold)
         tune_socket(transport)
         self.relay.pool.accepted(self.relay)
-
-    def _hold(self) -> None:
-        if self.peer is None and self.transport is not None:
-            self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if _now() > self.fence.deadline:
             self.relay.fence_close()
             return
         peer = self.peer
-        if peer is None:  # only if the hold above lost a race: keep the chunk for the upstream
-            self.relay.early.append(data)
-            self.transport.pause_reading()  # type: ignore[union-attr]
+        if peer is None:  # the client's first message: read whole before anything goes upstream
+            self.relay.starting(data)
             return
         self.stats.bytes_in += len(data)  # counted first: the API thread may read it once the peer has it
         peer.write(data)
@@ -162,7 +165,8 @@ class UpstreamSide(_Side):
 
 
 class Relay:
-    __slots__ = ("pool", "port", "uid", "client_side", "upstream_side", "done", "hold_until", "early")
+    __slots__ = ("pool", "port", "uid", "client_side", "upstream_side", "done", "hold_until", "early",
+                 "source", "spoke", "code", "refusal", "timer")
 
     def __init__(self, pool: "Pool", port: str) -> None:
         self.pool = pool
@@ -172,21 +176,94 @@ class Relay:
         self.upstream_side = UpstreamSide(self)
         self.done = False
         self.hold_until = 0.0
-        self.early: list[bytes] = []
+        self.early = bytearray()  # what the client sent before the upstream was connected
+        self.source = ""  # the client's address
+        self.spoke = False  # its first message is complete
+        self.code = 0  # that message's code (protocol.SSL_REQUEST, ...)
+        self.refusal: tuple[str, str] | None = None  # (SQLSTATE, message) it will be answered with
+        self.timer: asyncio.TimerHandle | None = None  # closes it if it does not speak in time
+
+    def starting(self, data: bytes) -> None:
+        """Bytes from a client whose upstream is not connected yet."""
+        self.early += data
+        if self.spoke:  # routed or held: keep them for the upstream
+            self.client_side.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        try:
+            first = protocol.first_message(self.early)
+        except protocol.StartupError as exc:
+            self.refuse(protocol.PROTOCOL_VIOLATION, str(exc))
+            return
+        if first is None:
+            return
+        self.spoke = True
+        self.code = first[1]
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.client_side.transport.pause_reading()  # type: ignore[union-attr]
+        self.pool.spoke(self)
+
+    def first_message(self) -> bytes:
+        return bytes(self.early[:protocol.first_message(self.early)[0]])  # type: ignore[index]
+
+    def decline_encryption(self) -> None:
+        """Answer the client's SSLRequest or GSSENCRequest with 'N' ourselves and read its next message."""
+        del self.early[:8]
+        self.spoke = False
+        self.code = 0
+        self.client_side.transport.write(b"N")  # type: ignore[union-attr]
+        self.pool.listen_for_first_message(self)
+        self.client_side.transport.resume_reading()  # type: ignore[union-attr]
+        if self.early:
+            self.starting(b"")
+
+    def read_only(self) -> None:
+        """Rewrite the client's StartupMessage so that its session starts every transaction read-only."""
+        length = protocol.first_message(self.early)[0]  # type: ignore[index]
+        try:
+            self.early[:length] = protocol.read_only_startup(bytes(self.early[:length]))
+        except protocol.StartupError as exc:
+            self.refuse(protocol.PROTOCOL_VIOLATION, str(exc))
+
+    def silent_too_long(self) -> None:
+        self.timer = None
+        if not self.done and not self.spoke:
+            self.pool.stats.silent_closed += 1
+            self.close()
 
     def attach(self, upstream: asyncio.Transport) -> None:
         client = self.client_side.transport
         assert client is not None
         self.client_side.peer = upstream
         self.upstream_side.peer = client
-        for data in self.early:
-            upstream.write(data)
-            self.pool.stats.bytes_in += len(data)
+        if self.early:
+            self.pool.stats.bytes_in += len(self.early)
+            upstream.write(bytes(self.early))
         self.early.clear()
         client.resume_reading()
 
+    def refuse(self, code: str, message: str, decline: bool = True) -> None:
+        """Answer a client that has no upstream with an ErrorResponse, then close it. A client that
+        asked for encryption first is told 'N' and answered after its StartupMessage (``decline``):
+        libpq does not show an error sent in answer to its SSLRequest."""
+        if self.done:
+            return
+        if decline and self.spoke and self.code in protocol.ENCRYPTION_REQUESTS:
+            self.refusal = (code, message)
+            self.decline_encryption()
+            return
+        transport = self.client_side.transport
+        self.pool.refused(self, message)
+        if transport is not None and self.client_side.peer is None:
+            transport.write(protocol.error_response(code, f"pgha-proxy: {message}"))
+        self.close()
+
     def _finish(self) -> None:
         self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.pool.forget(self)
 
     def close(self) -> None:
@@ -209,26 +286,49 @@ class Relay:
                 side.transport.abort()
 
 
+@dataclass
+class Limits:
+    """Client connection limits of one proxy (both ports together); 0 means no limit."""
+
+    max_connections: int = 4000
+    max_per_source: int = 1000
+    startup_timeout: float = 10.0  # seconds a client may stay silent before the proxy closes it
+
+
 class Pool:
     """Every relay, the current routes, and the clients waiting for a route."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits | None = None) -> None:
         self.loop = loop
+        self.limits = limits or Limits()
         self.fence = Fence()
         self.stats = Stats()
         self.rw: tuple[str, str] | None = None  # (uid, "host:port")
         self.ro: tuple[tuple[str, str], ...] = ()
+        self.ro_fallback = False  # the read-only port goes to the primary: sessions are made read-only
         self.hold_timeout = 3.0
         self.closing = False
         self._relays: dict[tuple[str, str], set[Relay]] = {}
-        self._held: deque[Relay] = deque()
+        self._starting: set[Relay] = set()  # accepted, first message not complete yet
+        self._held: deque[Relay] = deque()  # first message complete, no route yet
+        self._per_source: dict[str, int] = {}
         self._ro_next = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_failure_log: dict[str, float] = {}
+        self._last_log: dict[str, float] = {}
 
     # -- accept and route
     def factory(self, port: str) -> ClientSide:
         return Relay(self, port).client_side
+
+    def _log_now(self, what: str) -> bool:
+        """Whether a warning about ``what`` may be logged now (at most one per _FAILURE_LOG_INTERVAL)."""
+        now = _now()
+        if now - self._last_log.get(what, float("-inf")) < _FAILURE_LOG_INTERVAL:
+            return False
+        if len(self._last_log) > 1024:
+            self._last_log.clear()
+        self._last_log[what] = now
+        return True
 
     def accepted(self, relay: Relay) -> None:
         stats = self.stats
@@ -237,12 +337,42 @@ class Pool:
             stats.open_rw += 1
         else:
             stats.open_ro += 1
+        peer = relay.client_side.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        relay.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        from_source = self._per_source.get(relay.source, 0) + 1
+        self._per_source[relay.source] = from_source
         if self.closing or _now() > self.fence.deadline:
             relay.fence_close()
             return
-        if not self._route(relay):
+        limits = self.limits
+        open_now = stats.open_rw + stats.open_ro
+        if limits.max_connections and open_now > limits.max_connections:
+            relay.refusal = (protocol.TOO_MANY_CONNECTIONS,
+                             f"connection limit reached ({limits.max_connections} client connections)")
+        elif limits.max_per_source and from_source > limits.max_per_source:
+            relay.refusal = (protocol.TOO_MANY_CONNECTIONS,
+                             f"connection limit reached ({limits.max_per_source} connections from {relay.source})")
+        self.listen_for_first_message(relay)
+
+    def listen_for_first_message(self, relay: Relay) -> None:
+        """Read the client's first message; close it if none comes within the startup timeout."""
+        self._starting.add(relay)
+        if self.limits.startup_timeout > 0:
+            relay.timer = self.loop.call_later(self.limits.startup_timeout, relay.silent_too_long)
+
+    def spoke(self, relay: Relay) -> None:
+        """``relay``'s first message is complete: route it, hold it, or turn it away."""
+        self._starting.discard(relay)
+        if relay.refusal is not None:
+            relay.refuse(*relay.refusal)
+        elif not self._route(relay):
             relay.hold_until = _now() + self.hold_timeout
             self._held.append(relay)
+
+    def refused(self, relay: Relay, message: str) -> None:
+        self.stats.refused += 1
+        if self._log_now(f"refused {relay.source} {message}"):
+            log.warning("turned away a %s client from %s: %s", relay.port, relay.source or "?", message)
 
     def _pick(self, port: str) -> tuple[str, str] | None:
         if port == RW:
@@ -253,9 +383,21 @@ class Pool:
         return self.ro[self._ro_next]
 
     def _route(self, relay: Relay) -> bool:
+        """Connect ``relay`` to its port's target. False when there is none (the caller holds it)."""
         route = self._pick(relay.port)
         if route is None:
             return False
+        if relay.port == RO and self.ro_fallback:
+            # the primary stands in for the replicas: its sessions start read-only, which needs the
+            # StartupMessage in clear, so encryption is declined here (libpq's sslmode=prefer goes on
+            # without it; sslmode=require gives up, and should use the read-write port)
+            if relay.code in protocol.ENCRYPTION_REQUESTS:
+                relay.decline_encryption()
+                return True
+            if relay.code >> 16 == 3:  # a StartupMessage (a CancelRequest goes as it is)
+                relay.read_only()
+                if relay.done:
+                    return True
         uid, address = route
         relay.uid = uid
         self._relays.setdefault((relay.port, uid), set()).add(relay)
@@ -271,19 +413,18 @@ class Pool:
                 self.loop.create_connection(lambda: relay.upstream_side, host, port), CONNECT_TIMEOUT)
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             self.stats.failed_connects += 1
-            now = _now()
-            if now - self._last_failure_log.get(address, float("-inf")) >= _FAILURE_LOG_INTERVAL:
-                self._last_failure_log[address] = now
-                log.warning("cannot connect to %s (%s) for a %s client: %s; closing it", relay.uid, address,
+            if self._log_now(f"connect {address}"):
+                log.warning("cannot connect to %s (%s) for a %s client: %s; turning it away", relay.uid, address,
                             relay.port, exc or type(exc).__name__)
-            relay.close()
+            what = "the primary" if relay.port == RW else "a server for reads"
+            relay.refuse(protocol.CONNECTION_FAILURE, f"cannot connect to {what} ({relay.uid})")
             return
         if relay.done:  # fenced while connecting, after connection_made
             transport.abort()
 
     def release_held(self) -> int:
-        """Route held clients that now have a route; close those that waited too long. Returns how
-        many were closed."""
+        """Route held clients that now have a route; turn away those that waited too long. Returns how
+        many were turned away."""
         if not self._held:
             return 0
         now = _now()
@@ -296,7 +437,8 @@ class Pool:
             if self._route(relay):
                 continue
             if now >= relay.hold_until:
-                relay.close()
+                what = "no primary elected" if relay.port == RW else "no server fit for reads"
+                relay.refuse(protocol.CANNOT_CONNECT_NOW, f"{what} (waited {self.hold_timeout:.1f}s)")
                 closed += 1
             else:
                 waiting.append(relay)
@@ -309,6 +451,12 @@ class Pool:
             self.stats.open_rw -= 1
         else:
             self.stats.open_ro -= 1
+        self._starting.discard(relay)
+        left = self._per_source.get(relay.source, 0) - 1
+        if left > 0:
+            self._per_source[relay.source] = left
+        else:
+            self._per_source.pop(relay.source, None)
         if relay.uid is not None:
             group = self._relays.get((relay.port, relay.uid))
             if group is not None:
@@ -327,23 +475,28 @@ class Pool:
         return len(group)
 
     def fence_all(self) -> int:
+        """Close every connection at once; clients without an upstream are told why."""
         n = 0
         for port, uid in list(self._relays):
             n += self.fence_target(port, uid)
-        while self._held:
-            relay = self._held.popleft()
+        waiting = list(self._held) + list(self._starting)
+        self._held.clear()
+        for relay in waiting:
             if not relay.done:
-                relay.fence_close()
+                relay.refuse(protocol.CANNOT_CONNECT_NOW, "the proxy cannot trust the store: not routing", decline=False)
                 n += 1
         return n
 
     def close_all(self) -> int:
         """Graceful close of everything (shutdown)."""
-        relays = [r for group in self._relays.values() for r in group] + list(self._held)
+        relays = [r for group in self._relays.values() for r in group] + list(self._held) + list(self._starting)
         self._held.clear()
         for relay in relays:
-            relay.close()
+            if relay.client_side.peer is None:
+                relay.refuse(protocol.CANNOT_CONNECT_NOW, "the proxy is shutting down", decline=False)
+            else:
+                relay.close()
         return len(relays)
 
     def count(self) -> int:
-        return sum(len(g) for g in self._relays.values()) + len(self._held)
+        return sum(len(g) for g in self._relays.values()) + len(self._held) + len(self._starting)

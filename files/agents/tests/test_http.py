@@ -129,3 +129,52 @@ def test_prometheus_empty():
 
 def test_content_type_constant():
     assert PROMETHEUS_CONTENT_TYPE.startswith("text/plain; version=0.0.4")
+
+
+def test_a_flood_of_idle_connections_does_not_starve_health_checks():
+    import resource
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 5000 and hard >= 5000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (5000, hard))
+    api = ApiServer("127.0.0.1", 0, {"/health": lambda q: (200, "text/plain", "ok\n")}, max_connections=64,
+                    read_timeout=1.0)
+    api.start()
+    idle = []
+    try:
+        for _ in range(2000):
+            idle.append(socket.create_connection(("127.0.0.1", api.bound_port), timeout=5))
+        started = time.monotonic()
+        assert _get(api.bound_port, "/health") == (200, "text/plain", "ok\n")
+        print(f"/health answered in {time.monotonic() - started:.3f}s with 2000 idle connections open")
+        deadline = time.monotonic() + 10
+        while api.open_connections > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert api.open_connections == 0  # evicted to make room, or timed out without a request
+        assert api.evicted > 0  # (the others timed out without a request)
+        idle[-1].settimeout(3)
+        assert idle[-1].recv(200).startswith(b"HTTP/1.1 408 ")  # the newest ones were told why
+    finally:
+        for s in idle:
+            s.close()
+        api.stop()
+
+
+def test_bad_requests_get_an_answer_and_do_not_reach_a_route(server):
+    api, seen = server
+
+    def raw(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", api.bound_port), timeout=5) as s:
+            s.sendall(data)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    assert raw(b"POST /health HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert raw(b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert raw(b"GET /health HTTP/1.1\r\nX: " + b"a" * 10000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431 ")
+    head = raw(b"HEAD /health HTTP/1.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+    assert len(seen) == 1

@@ -508,3 +508,32 @@ def test_silent_sockets_cost_no_backend_and_the_read_only_fallback_refuses_write
     with pytest.raises(psycopg2.OperationalError, match="does not support SSL"):
         c.connect_ro(sslmode="require")
     assert "through-the-read-only-port" not in read_values(c.connect_rw())
+
+
+def test_idle_connections_to_the_primary_keepers_api_cause_no_failover(cluster_factory) -> None:
+    import socket
+    import urllib.request
+
+    c = cluster_factory(keepers=2, sentinels=1, proxies=0)
+    st = c.wait_for(healthy_cluster(2), timeout=120, what="a two-keeper cluster")
+    primary = primary_of(st)
+    port = c.keeper_api_port[primary]
+    idle = []
+    try:
+        for _ in range(2000):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        slowest = 0.0
+        deadline = time.monotonic() + 8  # more than the keeper's lease (3 s) and its expiry
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+                assert resp.status == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.5)
+        print(f"slowest /health with 2000 idle connections: {slowest:.3f}s")
+    finally:
+        for s in idle:
+            s.close()
+    st = c.status()
+    assert primary_of(st) == primary and st["cluster"]["transition"] is None, st["cluster"]
+    assert "FENCING" not in c.keepers[primary].log_text()

@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_flag("--can-be-master", type=cli.parse_bool, default=True, help="may this keeper become primary")
     args = p.parse_args(argv)
     pglog.setup("keeper", args.log_level)
+    logger.debug("open files limit: %d", cli.raise_open_files_limit())
     if os.geteuid() == 0:
         cli.die("refusing to run as root: PostgreSQL will not run as root. Run pgha-keeper as an unprivileged "
                 "user that owns the data directory (for example: useradd --system pgha)")

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from pgha import log as pgha_log
-from pgha.cli import EnvParser, common_parser, die, parse_bool, store_from_args
+from pgha.cli import EnvParser, common_parser, die, parse_bool, raise_open_files_limit, store_from_args
 from pgha.model import keys
 from pgha.proxy.agent import ProxyAgent, advertised_host
 from pgha.proxy.relay import Limits
@@ -132,11 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     except StoreError as exc:
         die(str(exc))
     factory, loop_name = loop_factory(args.event_loop)
+    open_files = raise_open_files_limit()
+    max_connections = args.max_connections
+    room = (open_files - 64) // 2  # each relayed client holds two descriptors
+    if not max_connections:
+        max_connections = max(room, 1)
+    elif max_connections > room:
+        logger.warning("the open files limit (%d) allows about %d client connections: --max-connections %d "
+                       "instead of %d", open_files, room, room, max_connections)
+        max_connections = max(room, 1)
     agent = ProxyAgent(store, keys(args.store_prefix, args.cluster_name), uid,
                        listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
                        api_address=args.api_listen_address or args.listen_address, api_port=args.api_port,
                        reuse_port=args.reuse_port,
-                       limits=Limits(args.max_connections, args.max_connections_per_source, args.startup_timeout),
+                       limits=Limits(max_connections, args.max_connections_per_source, args.startup_timeout),
                        advertise_address=args.advertise_address
                        or advertised_host(args.listen_address, args.store_endpoints.split(",")))
 

@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_flag("--uid", help="sentinel id (random when absent)")
     args = p.parse_args(argv)
     pglog.setup("sentinel", args.log_level)
+    logger.debug("open files limit: %d", cli.raise_open_files_limit())
     uid = args.uid or uuid.uuid4().hex[:8]
     store = cli.store_from_args(args)
     s = Sentinel(store, args.store_prefix, args.cluster_name, uid)

@@ -196,7 +196,8 @@ def proxy_components(instances, settings):
 
     instances: ``[{uid, port, ro_port, api_port, workers?}]`` (``ro_port`` 0: no read-only port)
     settings:  venv_dir, listen_address, advertise_address, api_listen_address, workers, extra_args,
-               environment
+               environment; optional ``limits`` ``{max_connections, max_connections_per_source,
+               startup_timeout}`` (pgha-proxy's flags of those names; absent: its defaults)
     """
     s = _need(settings, "proxy", ["venv_dir", "listen_address", "advertise_address", "api_listen_address",
                                   "workers", "extra_args", "environment"])
@@ -231,6 +232,10 @@ def proxy_components(instances, settings):
             args += ["--api-listen-address", api_listen, "--api-port", str(api_port)]
             if workers > 1:
                 args += ["--reuse-port", "true"]
+            for key, value in sorted((s.get("limits") or {}).items()):
+                if key not in ("max_connections", "max_connections_per_source", "startup_timeout"):
+                    raise AnsibleFilterError("proxy limits: unknown key %r" % (key,))
+                args += ["--" + key.replace("_", "-"), str(value)]
             out.append({
                 "name": name,
                 "component": "proxy",

@@ -41,6 +41,16 @@ def test_one_proxy_worker_without_a_read_only_port_advertising_another_address()
     assert [p["name"] for p in out[0]["ports"]] == ["rw", "api"]
 
 
+def test_proxy_limits_become_flags_and_unknown_ones_are_refused():
+    limits = {"max_connections": 10, "startup_timeout": 2.5, "max_connections_per_source": 3}
+    out = c.proxy_components([{"uid": "p", "port": 1, "ro_port": 0, "api_port": 2, "workers": 1}],
+                             dict(PROXY, limits=limits))
+    assert out[0]["args"][-6:] == ["--max-connections", "10", "--max-connections-per-source", "3",
+                                   "--startup-timeout", "2.5"]
+    with pytest.raises(AnsibleFilterError, match="unknown key 'max_conns'"):
+        c.proxy_components([{"uid": "p", "port": 1, "ro_port": 0, "api_port": 2}], dict(PROXY, limits={"max_conns": 1}))
+
+
 def test_proxy_workers_below_one_are_refused():
     with pytest.raises(AnsibleFilterError, match="workers"):
         c.proxy_components([{"uid": "p", "port": 1, "ro_port": 0, "api_port": 2, "workers": 0}], PROXY)

@@ -351,28 +351,48 @@ atexit.register(stop_all_agents)
 class EtcdCluster:
     """``n`` members of etcd on loopback with fast elections, each with its own data directory."""
 
-    def __init__(self, tmp: Path, n: int = 1, *, token: str | None = None) -> None:
+    def __init__(self, tmp: Path, n: int = 1, *, token: str | None = None, tls: bool = False) -> None:
+        """``tls``: client and peer URLs on HTTPS with certificates from a CA made under ``tmp/pki``
+        and client certificates required (``self.pki``, ``self.client_tls(name)``)."""
         self.tmp = Path(tmp)
         self.n = n
         self.token = token or "pgha-" + secrets.token_hex(4)
         self.client_ports = [free_port() for _ in range(n)]
         self.peer_ports = [free_port() for _ in range(n)]
         self.names = [f"etcd{i}" for i in range(n)]
-        self.endpoint_list = [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        self.tls = tls
+        scheme = "https" if tls else "http"
+        self.endpoint_list = [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
         self.endpoints = ",".join(self.endpoint_list)
-        initial = ",".join(f"{name}=http://127.0.0.1:{p}" for name, p in zip(self.names, self.peer_ports, strict=True))
+        initial = ",".join(f"{name}={scheme}://127.0.0.1:{p}"
+                           for name, p in zip(self.names, self.peer_ports, strict=True))
+        self.pki = self.tmp / "pki"
+        self.ca: Any = None
+        if tls:
+            from pgha import pki
+
+            self.ca, _ = pki.ensure_ca(self.pki, "pgha test CA")
         self.members: list[Agent] = []
         for i, name in enumerate(self.names):
             argv = [
                 ETCD_BIN, "--name", name, "--data-dir", str(self.tmp / name / "data"),
                 "--listen-client-urls", self.endpoint_list[i], "--advertise-client-urls", self.endpoint_list[i],
-                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+                "--listen-peer-urls", f"{scheme}://127.0.0.1:{self.peer_ports[i]}",
+                "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{self.peer_ports[i]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", self.token,
                 "--heartbeat-interval", "100", "--election-timeout", "1000", "--pre-vote=true",  # as the etcd role runs it
                 "--logger", "zap", "--log-outputs", "stderr",
             ]
+            if tls:
+                from pgha import pki
+
+                key, crt, _ = pki.ensure_certificate(self.pki, self.ca, name, common_name=name, dns=("localhost",),
+                                                     ips=("127.0.0.1",), server=True, client=True)
+                ca = str(self.pki / "ca.crt")
+                argv += ["--cert-file", str(crt), "--key-file", str(key), "--trusted-ca-file", ca,
+                         "--client-cert-auth=true", "--peer-cert-file", str(crt), "--peer-key-file", str(key),
+                         "--peer-trusted-ca-file", ca, "--peer-client-cert-auth=true"]
             (self.tmp / name).mkdir(parents=True, exist_ok=True)
             self.members.append(Agent(name, argv, self.tmp / "logs" / f"{name}.log", cwd=self.tmp / name))
 
@@ -393,10 +413,25 @@ class EtcdCluster:
         """Restart member ``i`` on its existing data directory (the initial-cluster flags are ignored then)."""
         self.members[i].start()
 
+    def client_tls(self, name: str) -> dict[str, str]:
+        """EtcdStore keyword arguments for a client certificate ``name`` (made once; empty common
+        name, as etcd's JSON gateway wants): {} without TLS."""
+        if not self.tls:
+            return {}
+        from pgha import pki
+
+        key, crt, _ = pki.ensure_certificate(self.pki, self.ca, f"client-{name}", organizational_unit=name,
+                                             client=True)
+        if running_as_root():  # the agents run as their own user: theirs to read, nobody else's
+            _, uid, gid = agent_user()
+            for path in (self.pki, key, crt, self.pki / "ca.crt"):
+                os.chown(path, uid, gid)
+        return {"ca_file": str(self.pki / "ca.crt"), "cert_file": str(crt), "key_file": str(key)}
+
     def health(self) -> list[dict[str, Any]]:
         from pgha.store.etcd import EtcdStore
 
-        store = EtcdStore(self.endpoints, timeout=1.0)
+        store = EtcdStore(self.endpoints, timeout=1.0, **self.client_tls("harness"))
         try:
             return store.member_health()
         finally:
@@ -511,7 +546,9 @@ class PghaCluster:
 
     def __init__(self, tmp: Path, *, keepers: int = 3, sentinels: int = 2, proxies: int = 1,
                  spec: dict[str, Any] | None = None, etcd_members: int = 1, cluster_name: str | None = None,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", secure_store: bool = False) -> None:
+        """``secure_store``: etcd on HTTPS wanting client certificates, with etcd authentication on and
+        each component (and pghactl, as the operator) logging in as its own user (pgha.store.auth)."""
         self.tmp = Path(tmp)
         self.cluster_name = cluster_name or "t" + secrets.token_hex(4)
         self.spec = dict(spec or {})
@@ -525,13 +562,24 @@ class PghaCluster:
                                    "all allow others to enter (the cluster_factory fixture makes one)")
         self.log_dir = self.tmp / "logs"
         self.log_dir.mkdir(exist_ok=True)
-        self.etcd = EtcdCluster(self.tmp / "etcd", etcd_members)
+        self.etcd = EtcdCluster(self.tmp / "etcd", etcd_members, tls=secure_store)
+        self.secure_store = secure_store
+        self._store_auth_done = False
 
         self.su_password = secrets.token_urlsafe(18)
         self.repl_password = secrets.token_urlsafe(18)
         secrets_dir = self._own_dir(self.tmp / "secrets", 0o700)
         self.su_password_file = self._secret(secrets_dir / "su-password", self.su_password)
         self.repl_password_file = self._secret(secrets_dir / "repl-password", self.repl_password)
+        self.store_passwords: dict[str, str] = {}
+        self.store_password_files: dict[str, Path] = {}
+        if secure_store:
+            from pgha.store.auth import COMPONENTS
+
+            for component in (*COMPONENTS, "root"):
+                self.store_passwords[component] = secrets.token_urlsafe(18)
+                self.store_password_files[component] = self._secret(secrets_dir / f"store-{component}",
+                                                                    self.store_passwords[component])
 
         self.keepers: dict[str, Agent] = {}
         self.sentinels: dict[str, Agent] = {}
@@ -568,13 +616,28 @@ class PghaCluster:
             os.chown(path, self.uid, self.gid)
         return path
 
-    def common_args(self) -> list[str]:
+    def store_settings(self, component: str) -> dict[str, str]:
+        """The PGHA_STORE_* settings of ``component`` (keeper, sentinel, proxy, operator) beyond the
+        endpoints: its client certificate and etcd user on a secure store, nothing otherwise."""
+        if not self.secure_store:
+            return {}
+        from pgha.store.auth import user_name
+
+        tls = self.etcd.client_tls(component)
+        return {"PGHA_STORE_CA_FILE": tls["ca_file"], "PGHA_STORE_CERT_FILE": tls["cert_file"],
+                "PGHA_STORE_KEY_FILE": tls["key_file"], "PGHA_STORE_USER": user_name(self.cluster_name, component),
+                "PGHA_STORE_PASSWORD_FILE": str(self.store_password_files[component])}
+
+    def common_args(self, component: str = "operator") -> list[str]:
+        flags = [("--" + k[len("PGHA_"):].lower().replace("_", "-"), v)
+                 for k, v in self.store_settings(component).items()]
         return ["--cluster-name", self.cluster_name, "--store-endpoints", self.etcd.endpoints,
-                "--store-prefix", STORE_PREFIX, "--log-level", self.log_level]
+                "--store-prefix", STORE_PREFIX, "--log-level", self.log_level, *(x for f in flags for x in f)]
 
     def _agent(self, uid: str, prog: str, args: list[str], work_dir: Path | None = None) -> Agent:
         home = self._own_dir(self.tmp / uid, 0o700)
-        return Agent(uid, [os.path.join(AGENT_BIN, prog), *self.common_args(), *args],
+        component = prog.removeprefix("pgha-")
+        return Agent(uid, [os.path.join(AGENT_BIN, prog), *self.common_args(component), *args],
                      self.log_dir / f"{uid}.log", cwd=home, user=self.user, work_dir=work_dir or home)
 
     def add_keeper(self, uid: str) -> Agent:
@@ -624,6 +687,13 @@ class PghaCluster:
             return
         self._running = True
         self.etcd.start()
+        if self.secure_store and not self._store_auth_done:
+            from pgha.model import keys as cluster_keys
+            from pgha.store.auth import ensure_auth
+
+            ensure_auth(self.etcd.endpoints, cluster_keys(STORE_PREFIX, self.cluster_name), self.cluster_name,
+                        self.store_passwords, **self.etcd.client_tls("operator"))
+            self._store_auth_done = True
         for group in (self.keepers, self.sentinels, self.proxies):
             for agent in group.values():
                 if not agent.is_running():
@@ -652,7 +722,7 @@ class PghaCluster:
     # -------------------------------------------------------------- pghactl
     def ctl_env(self) -> dict[str, str]:
         return _clean_env({"PGHA_CLUSTER_NAME": self.cluster_name, "PGHA_STORE_ENDPOINTS": self.etcd.endpoints,
-                           "PGHA_STORE_PREFIX": STORE_PREFIX})
+                           "PGHA_STORE_PREFIX": STORE_PREFIX, **self.store_settings("operator")})
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run pghactl (cluster name, endpoints and prefix given as PGHA_* environment)."""

@@ -73,6 +73,10 @@ def add_common_flags(p: EnvParser, require_cluster: bool = True) -> None:
     p.add_flag("--store-ca-file", help="CA certificate for TLS to etcd")
     p.add_flag("--store-cert-file", help="client certificate for TLS to etcd")
     p.add_flag("--store-key-file", help="client key for TLS to etcd")
+    p.add_flag("--store-user", help="etcd user (etcd authentication on): this component's own, which may write "
+                                    "only what the component writes")
+    p.add_flag("--store-password-file", help="file holding the etcd user's password (never give the password "
+                                             "itself on the command line)")
     p.add_flag("--store-timeout", type=float, default=2.0, help="seconds before a store request fails")
     p.add_flag("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                help="log verbosity")
@@ -92,9 +96,38 @@ def suppressed_common_flags() -> argparse.ArgumentParser:
     return p
 
 
+def read_secret_file(path: str, what: str) -> str:
+    """The first line of a secret file. Raises StoreError naming the flag when it cannot be read."""
+    from pgha.store import StoreError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise StoreError(f"{what} {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise StoreError(f"{what} {path}: the file is empty")
+    return value
+
+
 def store_from_args(args: argparse.Namespace) -> Store:
+    """The store the common flags name. Raises StoreError with a clear message."""
+    password = None
+    if getattr(args, "store_password_file", None):
+        password = read_secret_file(args.store_password_file, "--store-password-file")
     return open_store(args.store_endpoints, ca_file=args.store_ca_file, cert_file=args.store_cert_file,
-                      key_file=args.store_key_file, timeout=args.store_timeout)
+                      key_file=args.store_key_file, timeout=args.store_timeout,
+                      user=getattr(args, "store_user", None), password=password)
+
+
+def store_or_die(args: argparse.Namespace) -> Store:
+    """store_from_args, or exit 1 with its message (a program's start)."""
+    from pgha.store import StoreError
+
+    try:
+        return store_from_args(args)
+    except StoreError as exc:
+        die(str(exc))
 
 
 def raise_open_files_limit() -> int:

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         lock = lock_data_dir(data_dir)
     except OSError as exc:
         cli.die(f"--data-dir {data_dir}: {exc.strerror}")
-    store = cli.store_from_args(args)
+    store = cli.store_or_die(args)
     keeper = Keeper(args, store, su_pw, repl_pw)
 
     def stop(signum: int, frame: Any) -> None:

@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     pglog.setup("sentinel", args.log_level)
     logger.debug("open files limit: %d", cli.raise_open_files_limit())
     uid = args.uid or uuid.uuid4().hex[:8]
-    store = cli.store_from_args(args)
+    store = cli.store_or_die(args)
     s = Sentinel(store, args.store_prefix, args.cluster_name, uid)
 
     def stop(signum: int, frame: Any) -> None:

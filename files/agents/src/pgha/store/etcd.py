@@ -31,6 +31,31 @@ def _unb64(value: str | None) -> bytes:
     return base64.b64decode(value) if value else b""
 
 
+class _Unreachable(StoreError):
+    """An endpoint that did not answer (the next one may)."""
+
+
+def _error_text(data: bytes) -> str:
+    """etcd's error message from a JSON error answer, else the start of the answer."""
+    try:
+        doc = json.loads(data)
+        if isinstance(doc, dict) and (doc.get("error") or doc.get("message")):
+            return str(doc.get("error") or doc.get("message"))[:300]
+    except ValueError:
+        pass
+    return data.decode(errors="replace")[:300]
+
+
+def _tls_hint(exc: BaseException, client_cert: bool = True) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{text} (is --store-ca-file the CA that signed etcd's certificate?)"
+    if isinstance(exc, ssl.SSLError) and ("CERTIFICATE_REQUIRED" in text.upper() or not client_cert):
+        # with TLS 1.3 a refused client certificate may show as an EOF right after the handshake
+        return f"{text} (etcd wants a client certificate signed by its CA: --store-cert-file, --store-key-file)"
+    return text
+
+
 def _prefix_end(prefix: str) -> str:
     """The range_end that selects every key starting with ``prefix``."""
     raw = bytearray(prefix.encode())
@@ -53,19 +78,36 @@ class Endpoint:
 
 
 class EtcdStore(Store):
+    """With ``user`` and ``password``, requests carry an etcd auth token: one per endpoint (etcd's
+    simple tokens are known only to the member that issued them), asked for when first needed and
+    again when a member no longer knows it."""
+
     def __init__(self, endpoints: str, *, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, timeout: float = 2.0) -> None:
+                 key_file: str | None = None, timeout: float = 2.0, user: str | None = None,
+                 password: str | None = None) -> None:
         self.endpoints = [Endpoint(e) for e in endpoints.split(",") if e.strip()]
         if not self.endpoints:
             raise StoreError("no store endpoints given (--store-endpoints)")
+        if bool(user) != bool(password):
+            raise StoreError("a store user needs a password and a password a user (--store-user, "
+                             "--store-password-file)")
         self.timeout = timeout
         self._ssl: ssl.SSLContext | None = None
+        self._client_cert = bool(cert_file)
         if any(e.tls for e in self.endpoints):
-            self._ssl = ssl.create_default_context(cafile=ca_file)
-            if cert_file:
-                self._ssl.load_cert_chain(cert_file, key_file)
+            try:
+                self._ssl = ssl.create_default_context(cafile=ca_file)
+                if cert_file:
+                    self._ssl.load_cert_chain(cert_file, key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise StoreError(f"cannot load the store's TLS files (--store-ca-file, --store-cert-file, "
+                                 f"--store-key-file): {exc}") from None
         self._local = threading.local()
         self._preferred = 0
+        self._user = user
+        self._password = password
+        self._tokens: dict[int, str] = {}
+        self._token_lock = threading.Lock()
 
     # ------------------------------------------------------------------ transport
     def _connect(self, ep: Endpoint, timeout: float) -> http.client.HTTPConnection:
@@ -88,6 +130,46 @@ class EtcdStore(Store):
         if conn is not None:
             conn.close()
 
+    # ------------------------------------------------------------------ authentication
+    def _headers(self, idx: int, timeout: float) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._user:
+            headers["Authorization"] = self._token(idx, timeout)
+        return headers
+
+    def _token(self, idx: int, timeout: float) -> str:
+        """This endpoint's auth token, asked for when there is none yet. Raises StoreError."""
+        with self._token_lock:
+            token = self._tokens.get(idx)
+        if token:
+            return token
+        ep = self.endpoints[idx]
+        conn = self._connect(ep, timeout)
+        try:
+            conn.request("POST", "/v3/auth/authenticate",
+                         body=json.dumps({"name": self._user, "password": self._password}).encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Unreachable(f"{ep.url}: {exc or type(exc).__name__}") from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise StoreError(f"etcd authentication of user {self._user!r} at {ep.url}: HTTP {resp.status}: "
+                             f"{_error_text(data)}")
+        try:
+            token = str(json.loads(data)["token"])
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"etcd authentication at {ep.url}: unexpected answer") from None
+        with self._token_lock:
+            self._tokens[idx] = token
+        return token
+
+    def _forget_token(self, idx: int) -> None:
+        with self._token_lock:
+            self._tokens.pop(idx, None)
+
     def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST",
                 budget: float | None = None) -> dict[str, Any]:
         """One JSON request, trying each endpoint once starting with the last one that worked.
@@ -103,20 +185,25 @@ class EtcdStore(Store):
         share = self.timeout if budget is None else max(0.05, min(self.timeout, budget / n))
         for step in range(n):
             idx = (self._preferred + step) % n
-            for attempt in range(2):  # a kept-alive connection may have been closed by the server
+            retried_token = False
+            for attempt in range(3):  # a kept-alive connection may have been closed by the server
                 timeout = share
                 if budget is not None:
                     timeout = min(share, budget - (time.monotonic() - started))
                     if timeout <= 0.01:
                         errors.append(f"{self.endpoints[idx].url}: no time left of the {budget:.2f}s budget")
                         raise StoreError("store unreachable: " + "; ".join(errors))
+                try:
+                    headers = self._headers(idx, timeout)
+                except _Unreachable as exc:
+                    errors.append(str(exc))
+                    break
                 conn = self._conn(idx)
                 try:
                     conn.timeout = timeout
                     if conn.sock is not None:
                         conn.sock.settimeout(timeout)
-                    conn.request(method, path, body=payload if method == "POST" else None,
-                                 headers={"Content-Type": "application/json"})
+                    conn.request(method, path, body=payload if method == "POST" else None, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
                 except (OSError, http.client.HTTPException) as exc:
@@ -124,10 +211,14 @@ class EtcdStore(Store):
                     if attempt == 0 and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
                                                          ConnectionResetError)):
                         continue
-                    errors.append(f"{self.endpoints[idx].url}: {exc or type(exc).__name__}")
+                    errors.append(f"{self.endpoints[idx].url}: {_tls_hint(exc, self._client_cert)}")
                     break
+                if resp.status == 401 and self._user and not retried_token:
+                    self._forget_token(idx)  # this member does not know the token (restarted, or expired)
+                    retried_token = True
+                    continue
                 if resp.status != 200:
-                    text = data.decode(errors="replace")[:300]
+                    text = _error_text(data)
                     if resp.status >= 500 or resp.status == 404:
                         errors.append(f"{self.endpoints[idx].url}: HTTP {resp.status} {text}")
                         break
@@ -240,7 +331,8 @@ class EtcdStore(Store):
                                               "start_revision": str(after_revision + 1)}}).encode()
         n = len(self.endpoints)
         for step in range(n):
-            ep = self.endpoints[(self._preferred + step) % n]
+            idx = (self._preferred + step) % n
+            ep = self.endpoints[idx]
             conn = self._connect(ep, timeout)
             try:
                 # an endpoint that cannot be reached is no answer at all, not "nothing changed"
@@ -249,8 +341,11 @@ class EtcdStore(Store):
                 conn.close()
                 continue
             try:
-                conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
+                conn.request("POST", "/v3/watch", body=body, headers=self._headers(idx, timeout))
                 resp = conn.getresponse()
+                if resp.status == 401:
+                    self._forget_token(idx)
+                    continue
                 if resp.status != 200:
                     continue
                 while True:
@@ -261,6 +356,9 @@ class EtcdStore(Store):
                         msg = json.loads(line)
                     except ValueError:
                         continue
+                    if msg.get("error"):  # e.g. a token the member no longer knows, or permission denied
+                        self._forget_token(idx)
+                        raise StoreError(f"watch at {ep.url}: {_error_text(line)}")
                     result = msg.get("result", {})
                     if result.get("events"):
                         out = []
@@ -275,7 +373,7 @@ class EtcdStore(Store):
                         return [WatchEvent("resync", prefix, rev)]
             except (socket.timeout, TimeoutError):
                 return []
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException, _Unreachable):
                 continue
             finally:
                 conn.close()
@@ -295,14 +393,14 @@ class EtcdStore(Store):
                 health = json.loads(r.read() or b"{}")
                 item["healthy"] = str(health.get("health")) == "true"
                 conn.request("POST", "/v3/maintenance/status", body=b"{}",
-                             headers={"Content-Type": "application/json"})
+                             headers=self._headers(self.endpoints.index(ep), self.timeout))
                 r = conn.getresponse()
                 status = json.loads(r.read() or b"{}")
                 item["member_id"] = status.get("header", {}).get("member_id")
                 item["leader"] = status.get("leader")
                 item["version"] = status.get("version")
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                item["error"] = str(exc) or type(exc).__name__
+            except (OSError, http.client.HTTPException, ValueError, StoreError) as exc:
+                item["error"] = _tls_hint(exc)
             finally:
                 conn.close()
             out.append(item)
@@ -321,11 +419,11 @@ class EtcdStore(Store):
         conn = self._connect(ep, self.timeout)
         try:
             conn.request("POST", "/v3/maintenance/transfer-leadership", body=json.dumps({"targetID": str(member_id)}),
-                         headers={"Content-Type": "application/json"})
+                         headers=self._headers(self.endpoints.index(ep), self.timeout))
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise StoreError(f"{ep.url}: {exc or type(exc).__name__}") from None
+            raise StoreError(f"{ep.url}: {_tls_hint(exc)}") from None
         finally:
             conn.close()
         if resp.status != 200:

@@ -79,7 +79,7 @@ step_kubernetes() {
 # without a reachable cluster). MOLECULE_SCENARIOS="default chaos" runs a subset.
 step_molecule() {
     local sc
-    for sc in ${MOLECULE_SCENARIOS:-default failover upgrade chaos multihost systemd kubernetes}; do
+    for sc in ${MOLECULE_SCENARIOS:-default tls failover upgrade chaos multihost systemd kubernetes}; do
         log "molecule test -s $sc"
         ( cd "$ROOT" && molecule test -s "$sc" )
     done

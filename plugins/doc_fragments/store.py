@@ -38,6 +38,14 @@ options:
     description:
       - Key of O(store_cert_file).
     type: path
+  store_user:
+    description:
+      - etcd user, when etcd authentication is on (the roles use C(<cluster>-operator)).
+    type: str
+  store_password_file:
+    description:
+      - File on the managed host holding O(store_user)'s password (never the password itself).
+    type: path
   store_timeout:
     description:
       - Seconds before one store request fails.

@@ -57,10 +57,11 @@ def _list(value, what):
     return [str(v) for v in value]
 
 
-def etcd_initial_cluster(members):
+def etcd_initial_cluster(members, tls=False):
     """etcd's --initial-cluster for ``members`` (``[{name, address, peer_port}]``, every member of the
-    cluster): ``name=http://address:peer_port,...``."""
-    return ",".join("%s=http://%s:%s" % (m["name"], m["address"], m["peer_port"]) for m in members)
+    cluster): ``name=http://address:peer_port,...`` (``https`` with ``tls``)."""
+    scheme = "https" if _bool(tls) else "http"
+    return ",".join("%s=%s://%s:%s" % (m["name"], scheme, m["address"], m["peer_port"]) for m in members)
 
 
 def etcd_components(members, settings):
@@ -68,11 +69,24 @@ def etcd_components(members, settings):
 
     members:  ``[{name, address, client_port, peer_port}]``
     settings: binary, data_root, listen_address, initial_cluster, token, heartbeat_interval,
-              election_timeout, quota_backend_bytes, extra_args
+              election_timeout, quota_backend_bytes, extra_args; optional ``tls``
+              ``{ca_file, cert_file, key_file}``: client and peer URLs on HTTPS, client certificates
+              required on both (the certificate serves as the member's server and client certificate)
     """
     s = _need(settings, "etcd", ["binary", "data_root", "listen_address", "initial_cluster", "token",
                                  "heartbeat_interval", "election_timeout", "quota_backend_bytes", "extra_args"])
     listen = s["listen_address"]
+    tls = s.get("tls") or {}
+    scheme = "https" if tls else "http"
+    tls_args = []
+    if tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if not tls.get(key):
+                raise AnsibleFilterError("etcd_components: settings.tls lacks %s" % key)
+        tls_args = ["--cert-file", tls["cert_file"], "--key-file", tls["key_file"],
+                    "--trusted-ca-file", tls["ca_file"], "--client-cert-auth=true",
+                    "--peer-cert-file", tls["cert_file"], "--peer-key-file", tls["key_file"],
+                    "--peer-trusted-ca-file", tls["ca_file"], "--peer-client-cert-auth=true"]
     out = []
     for m in members:
         out.append({
@@ -84,10 +98,10 @@ def etcd_components(members, settings):
             "args": [
                 "--name", m["name"],
                 "--data-dir", "%s/%s" % (s["data_root"], m["name"]),
-                "--listen-client-urls", "http://%s:%s" % (listen, m["client_port"]),
-                "--advertise-client-urls", "http://%s:%s" % (m["address"], m["client_port"]),
-                "--listen-peer-urls", "http://%s:%s" % (listen, m["peer_port"]),
-                "--initial-advertise-peer-urls", "http://%s:%s" % (m["address"], m["peer_port"]),
+                "--listen-client-urls", "%s://%s:%s" % (scheme, listen, m["client_port"]),
+                "--advertise-client-urls", "%s://%s:%s" % (scheme, m["address"], m["client_port"]),
+                "--listen-peer-urls", "%s://%s:%s" % (scheme, listen, m["peer_port"]),
+                "--initial-advertise-peer-urls", "%s://%s:%s" % (scheme, m["address"], m["peer_port"]),
                 "--initial-cluster", s["initial_cluster"],
                 "--initial-cluster-state", "new",
                 "--initial-cluster-token", s["token"],
@@ -99,7 +113,7 @@ def etcd_components(members, settings):
                 # takes its value after "=" (a separate "true" is refused as a stray argument).
                 "--pre-vote=true",
                 "--quota-backend-bytes", str(s["quota_backend_bytes"]),
-            ] + _list(s["extra_args"], "etcd_extra_args"),
+            ] + tls_args + _list(s["extra_args"], "etcd_extra_args"),
             "environment": {},
             "ports": [
                 {"name": "client", "port": m["client_port"], "address": listen,

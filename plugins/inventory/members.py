@@ -80,6 +80,16 @@ options:
   store_key_file:
     description: Key of O(store_cert_file).
     type: path
+  store_user:
+    description: etcd user, when etcd authentication is on (the proxy's or the operator's user can read the cluster).
+    type: str
+    env:
+      - name: PGHA_STORE_USER
+  store_password_file:
+    description: File holding O(store_user)'s password.
+    type: path
+    env:
+      - name: PGHA_STORE_PASSWORD_FILE
   store_timeout:
     description: Seconds before one store request fails.
     type: float
@@ -173,6 +183,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                                "controller: pip install ./files/agents (from the pgha.cluster collection)")
         opts = dict(ca_file=self.get_option("store_ca_file"), cert_file=self.get_option("store_cert_file"),
                     key_file=self.get_option("store_key_file"), timeout=self.get_option("store_timeout"))
+        if self.get_option("store_user"):
+            path = self.get_option("store_password_file")
+            try:
+                with open(path or "", encoding="utf-8") as f:
+                    opts.update(user=self.get_option("store_user"), password=f.readline().strip())
+            except OSError as exc:
+                raise AnsibleParserError("pgha.cluster.members: store_password_file %s: %s" % (path, exc)) from None
         endpoints = self.get_option("store_endpoints")
         if not endpoints:
             raise AnsibleParserError("pgha.cluster.members: store_endpoints is required with source: store")

@@ -43,6 +43,8 @@ def store_argument_spec():
         store_ca_file=dict(type="path"),
         store_cert_file=dict(type="path"),
         store_key_file=dict(type="path"),
+        store_user=dict(type="str"),
+        store_password_file=dict(type="path", no_log=False),
         store_timeout=dict(type="float", default=2.0),
     )
 
@@ -74,12 +76,17 @@ def open_store_from_params(module):
     require_pgha(module)
     p = module.params
     try:
+        password = None
+        if p["store_password_file"]:
+            password = pgha_library("cli").read_secret_file(p["store_password_file"], "store_password_file")
         return open_store(
             p["store_endpoints"],
             ca_file=p["store_ca_file"],
             cert_file=p["store_cert_file"],
             key_file=p["store_key_file"],
             timeout=p["store_timeout"],
+            user=p["store_user"],
+            password=password,
         )
     except StoreError as exc:
         module.fail_json(msg="cannot open the store at %s: %s" % (p["store_endpoints"], exc))

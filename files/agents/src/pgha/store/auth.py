@@ -94,7 +94,7 @@ def ensure_auth(endpoints: str, keys: Keys, cluster: str, passwords: dict[str, s
         plain.close()
     store = EtcdStore(endpoints, user="root", password=passwords["root"], **tls) if enabled else EtcdStore(endpoints, **tls)
     try:
-        changes = _ensure(store, keys, cluster, passwords)
+        changes = _ensure(store, keys, cluster, passwords, enabled)
         if not enabled:
             store.request("/v3/auth/enable", {})
             changes.append("authentication enabled")
@@ -103,7 +103,15 @@ def ensure_auth(endpoints: str, keys: Keys, cluster: str, passwords: dict[str, s
         store.close()
 
 
-def _ensure(store: EtcdStore, keys: Keys, cluster: str, passwords: dict[str, str]) -> list[str]:
+def _logs_in(store: EtcdStore, user: str, password: str) -> bool:
+    try:
+        store.request("/v3/auth/authenticate", {"name": user, "password": password})
+    except StoreError:
+        return False
+    return True
+
+
+def _ensure(store: EtcdStore, keys: Keys, cluster: str, passwords: dict[str, str], enabled: bool) -> list[str]:
     changes: list[str] = []
     users = {str(u) for u in (store.request("/v3/auth/user/list", {}).get("users") or [])}
     roles = {str(r) for r in (store.request("/v3/auth/role/list", {}).get("roles") or [])}
@@ -116,8 +124,10 @@ def _ensure(store: EtcdStore, keys: Keys, cluster: str, passwords: dict[str, str
         if user not in users:
             _call(store, "/v3/auth/user/add", {"name": user, "password": password}, ("user name already exists",))
             changes.append(f"added user {user}")
-        elif user != "root":
+        elif user != "root" and not (enabled and _logs_in(store, user, password)):
             store.request("/v3/auth/user/changepw", {"name": user, "password": password})
+            if enabled:
+                changes.append(f"changed the password of {user}")
         _call(store, "/v3/auth/user/grant", {"user": user, "role": role})
         if role == "root":
             continue

@@ -52,6 +52,12 @@ def test_the_passwords_are_generated_kept_and_never_logged(site: dict[str, Any],
     for run in ("apply", "rerun", "absent"):
         for pw in passwords.values():
             assert pw not in site[run]["stdout"] and pw not in site[run]["stderr"]
+    # nor in an annotation (client-side apply copies the whole object into last-applied-configuration)
+    for run in ("apply", "rerun"):
+        for obj in site[run]["objects"].values():
+            annotations = str(obj.get("metadata", {}).get("annotations", {}))
+            assert not [v for v in list(passwords.values()) + list(data.values()) if v in annotations], \
+                f"a password in the annotations of {obj['kind']} {obj['metadata']['name']}"
 
 
 def test_state_absent_removes_every_object_and_volume(site: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ description:
   - One task for the whole layout of a cluster instead of one M(ansible.builtin.file) call per
     path, so that a rerun of C(site.yml) that changes nothing stays fast.
   - Parent directories of a new directory are created owned by root with mode 0755.
+  - Never follows a symbolic link at a path: one there is an error, and owner and mode are set
+    through a descriptor opened with C(O_NOFOLLOW), so a link swapped in after the check fails too.
 author:
   - pgha developers (!UNKNOWN)
 attributes:
@@ -79,6 +81,7 @@ missing:
   elements: str
 """
 
+import errno
 import grp
 import os
 import pwd
@@ -98,6 +101,30 @@ def wanted_ids(entry):
     except KeyError:
         raise KeyError("no group %s" % entry["group"]) from None
     return uid, gid, int(entry["mode"], 8)
+
+
+def set_owner_and_mode(path, directory, uid, gid, mode):
+    """chown and chmod through a descriptor opened without following a link at ``path``: a link put
+    there after the check above (by a user who may write the parent) fails instead of handing its
+    target to that user."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if directory:
+        flags |= os.O_DIRECTORY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(exc.errno, "is a symbolic link or not a %s: refusing to follow it"
+                          % ("directory" if directory else "file")) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
+            raise OSError(errno.EINVAL, "is not a %s" % ("directory" if directory else "regular file"))
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def describe(st):
@@ -151,10 +178,9 @@ def main():
             if st is None:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 os.mkdir(path, mode)
-            os.chown(path, uid, gid)
-            os.chmod(path, mode)
+            set_owner_and_mode(path, entry["state"] == "directory", uid, gid, mode)
         except OSError as exc:
-            module.fail_json(msg="%s: %s" % (path, exc.strerror), changed_paths=changed)
+            module.fail_json(msg="%s: %s" % (path, exc.strerror or exc), changed_paths=changed)
     module.exit_json(changed=bool(changed), changed_paths=changed, missing=missing,
                      diff=dict(before=before, after=after) if changed else {})
 

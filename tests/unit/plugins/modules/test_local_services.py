@@ -246,6 +246,31 @@ def test_paths_creates_fixes_and_then_changes_nothing(run_module, tmp_path):
     assert not failed and not res["changed"]
 
 
+def test_paths_never_follows_a_link(run_module, tmp_path):
+    import grp
+    import pwd
+
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    decoy = tmp_path / "decoy"
+    decoy.mkdir(mode=0o700)
+    before = decoy.stat()
+    (tmp_path / "data").symlink_to(decoy)
+    res, failed = run_module(paths, {"paths": [{"path": str(tmp_path / "data"), "owner": user, "group": group,
+                                                "mode": "0755"}]})
+    assert failed and "not a directory" in res["msg"]
+    assert decoy.stat().st_mode == before.st_mode
+    # a link swapped in between the check and the change: the change refuses it
+    secret = tmp_path / "decoy-file"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    (tmp_path / "link").symlink_to(secret)
+    with pytest.raises(OSError, match="symbolic link"):
+        paths.set_owner_and_mode(str(tmp_path / "link"), False, os.getuid(), os.getgid(), 0o644)
+    with pytest.raises(OSError, match="symbolic link"):
+        paths.set_owner_and_mode(str(tmp_path / "data"), True, os.getuid(), os.getgid(), 0o755)
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and oct(decoy.stat().st_mode & 0o777) == "0o700"
+
+
 def test_paths_refuses_a_file_where_a_directory_belongs_and_unknown_users(run_module, tmp_path):
     (tmp_path / "f").write_text("")
     res, failed = run_module(paths, {"paths": [{"path": str(tmp_path / "f"), "mode": "0755"}]})

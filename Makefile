@@ -61,10 +61,10 @@ up: bootstrap agents
 	@echo "  read-write: PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_su_password) psql 'host=127.0.0.1 port=25432 user=postgres dbname=postgres'"
 	@echo "  read-only:  PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_su_password) psql 'host=127.0.0.1 port=25433 user=postgres dbname=postgres'"
 	@echo "Status (and switchover, update, ...):"
-	@echo "  export PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS)"
+	@echo "  export PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) PGHA_STORE_INSECURE=true"
 	@echo "  $(VENV)/bin/pghactl status"
 	@echo
-	@PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) $(VENV)/bin/pghactl status
+	@PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) PGHA_STORE_INSECURE=true $(VENV)/bin/pghactl status
 
 test: lint test-engine test-hosts test-collection
 

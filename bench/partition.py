@@ -78,7 +78,8 @@ class Cluster:
             return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT).returncode
 
     def ctl(self, *args: str) -> str:
-        env = dict(os.environ, PGHA_CLUSTER_NAME="main", PGHA_STORE_ENDPOINTS=self.endpoints)
+        env = dict(os.environ, PGHA_CLUSTER_NAME="main", PGHA_STORE_ENDPOINTS=self.endpoints,
+                   PGHA_STORE_INSECURE="true")  # the test hosts' etcd on plain HTTP
         out = subprocess.run([str(VENV / "bin" / "pghactl"), *args], capture_output=True, text=True, env=env,
                              timeout=120)
         if out.returncode != 0:

@@ -16,7 +16,7 @@ description:
   - One task for the whole layout of a cluster instead of one M(ansible.builtin.file) call per
     path, so that a rerun of C(site.yml) that changes nothing stays fast.
   - Parent directories of a new directory are created owned by root with mode 0755.
-  - Never follows a symbolic link at a path: one there is an error, and owner and mode are set
+  - Never follows a symbolic link at a path. One there is an error, and owner and mode are set
     through a descriptor opened with C(O_NOFOLLOW), so a link swapped in after the check fails too.
 author:
   - pgha developers (!UNKNOWN)

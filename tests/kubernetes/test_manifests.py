@@ -100,6 +100,23 @@ def test_only_agents_reach_etcd_and_only_keepers_proxies_and_the_operator_reach_
     assert sentinel["spec"]["ingress"] == []
 
 
+def test_the_proxy_denies_by_default_and_reaches_only_the_keepers_etcd_and_dns(applied: list[dict[str, Any]]) -> None:
+    proxy = next(o for o in applied if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "main-proxy")
+    assert proxy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    [rule] = proxy["spec"]["ingress"]
+    operator, own = rule["from"]  # no client peers given: nobody else
+    assert operator == {"podSelector": {"matchLabels": {"pgha.io/operator": "true"}}}
+    assert own["podSelector"]["matchExpressions"][0]["values"] == ["keeper", "sentinel"]
+    to_keepers, to_etcd, dns = proxy["spec"]["egress"]
+    assert to_keepers["to"][0]["podSelector"]["matchExpressions"][0]["values"] == ["keeper"]
+    assert to_keepers["ports"] == [{"port": "pg", "protocol": "TCP"}]
+    assert to_etcd["to"][0]["podSelector"]["matchExpressions"][0]["values"] == ["etcd"]
+    assert to_etcd["ports"] == [{"port": "client", "protocol": "TCP"}]
+    assert "to" not in dns and {p["port"] for p in dns["ports"]} == {53}
+    templates = pod_templates(applied)
+    assert "pg" in declared_ports(templates["main-keeper"]) and "client" in declared_ports(templates["main-etcd"])
+
+
 def test_client_peers_restrict_the_proxy_but_not_for_the_clusters_own_pods(
         applied_with_client_peers: list[dict[str, Any]]) -> None:
     from conftest import CLIENT_PEERS
@@ -199,10 +216,20 @@ def test_the_keepers_role_grants_exactly_the_calls_the_agents_make(applied: list
     # only the keepers hold a token for that Role
     [binding] = [o for o in applied if o["kind"] == "RoleBinding"]
     assert [s["name"] for s in binding["subjects"]] == ["main-keeper"]
+    # and in the keepers' pods only the labeller container mounts it: not the one running PostgreSQL
+    sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
     for name, t in pod_templates(applied).items():
-        expect = name == "main-keeper"
-        assert t["spec"]["automountServiceAccountToken"] is expect, name
-        assert (t["spec"]["serviceAccountName"] == "main-keeper") is expect, name
+        assert t["spec"]["automountServiceAccountToken"] is False, name
+        assert (t["spec"]["serviceAccountName"] == "main-keeper") is (name == "main-keeper"), name
+        token_volumes = {v["name"] for v in t["spec"].get("volumes", [])
+                         if any("serviceAccountToken" in src for src in v.get("projected", {}).get("sources", []))}
+        holders = {c["name"] for c in t["spec"]["containers"]
+                   if any(m["name"] in token_volumes or m["mountPath"].startswith(sa_dir) for m in c.get("volumeMounts", []))}
+        assert holders == ({"labeller"} if name == "main-keeper" else set()), (name, holders)
+    keeper = pod_templates(applied)["main-keeper"]["spec"]
+    labeller = next(c for c in keeper["containers"] if c["name"] == "labeller")
+    assert labeller["command"] == ["/opt/pgha/venv/bin/pgha-labeller", "--keeper-api", "http://127.0.0.1:8433"]
+    assert labeller["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_objects_are_json(applied: list[dict[str, Any]]) -> None:

@@ -67,7 +67,7 @@ def test_state_absent_removes_every_object_and_volume(site: dict[str, Any]) -> N
 
 def test_the_keeper_pod_runs_the_keepers_component_definition(applied: list[dict[str, Any]]) -> None:
     pod = by(applied, "StatefulSet", "main-keeper")["spec"]["template"]["spec"]
-    [c] = pod["containers"]
+    [c] = [c for c in pod["containers"] if c["name"] != "labeller"]
     assert c["command"] == ["/usr/local/bin/pgha-entrypoint", "/opt/pgha/venv/bin/pgha-keeper"]
     args = dict(zip(c["args"][::2], c["args"][1::2]))
     # the uid comes from the pod (pgha-entrypoint: PGHA_UID from POD_NAME), addresses from the downward API
@@ -80,6 +80,7 @@ def test_the_keeper_pod_runs_the_keepers_component_definition(applied: list[dict
     assert env["PGHA_CLUSTER_NAME"]["value"] == "main"
     assert env["PGHA_STORE_ENDPOINTS"]["value"].split(",") == [
         f"http://main-etcd-{i}.main-etcd.{NAMESPACE}.svc.cluster.local:12379" for i in range(3)]
+    assert env["PGHA_STORE_INSECURE"]["value"] == "true"  # plain HTTP to the pods' etcd, said so
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts["/var/lib/pgha/data"] == "data"
     assert mounts["/etc/pgha/secrets"] == "secrets"
@@ -93,7 +94,7 @@ def test_keepers_are_a_parallel_statefulset_with_a_long_grace_period(applied: li
     pod = sts["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] >= 90
     assert "podAntiAffinity" in pod["affinity"]
-    [c] = pod["containers"]
+    [c] = [c for c in pod["containers"] if c["name"] != "labeller"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "api"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "api"}
     assert c["resources"]["requests"]["memory"] == "512Mi"

@@ -631,6 +631,8 @@ class PghaCluster:
     def common_args(self, component: str = "operator") -> list[str]:
         flags = [("--" + k[len("PGHA_"):].lower().replace("_", "-"), v)
                  for k, v in self.store_settings(component).items()]
+        if not self.secure_store:
+            flags.append(("--store-insecure", "true"))  # the tests' etcd on loopback, plain HTTP
         return ["--cluster-name", self.cluster_name, "--store-endpoints", self.etcd.endpoints,
                 "--store-prefix", STORE_PREFIX, "--log-level", self.log_level, *(x for f in flags for x in f)]
 
@@ -722,7 +724,8 @@ class PghaCluster:
     # -------------------------------------------------------------- pghactl
     def ctl_env(self) -> dict[str, str]:
         return _clean_env({"PGHA_CLUSTER_NAME": self.cluster_name, "PGHA_STORE_ENDPOINTS": self.etcd.endpoints,
-                           "PGHA_STORE_PREFIX": STORE_PREFIX, **self.store_settings("operator")})
+                           "PGHA_STORE_PREFIX": STORE_PREFIX, **self.store_settings("operator"),
+                           **({} if self.secure_store else {"PGHA_STORE_INSECURE": "true"})})
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run pghactl (cluster name, endpoints and prefix given as PGHA_* environment)."""

@@ -46,16 +46,24 @@ def test_unknown_flag_is_named(prog: str) -> None:
     assert "--no-such-flag" in out.stderr
 
 
+@pytest.mark.parametrize("prog", ["pgha-sentinel", "pgha-proxy", "pghactl"])  # the keeper opens it the same way
+def test_plain_http_endpoints_need_store_insecure(prog: str) -> None:
+    extra = ["status"] if prog == "pghactl" else []
+    out = run(prog, "--cluster-name", "x", "--store-endpoints", "http://127.0.0.1:1", *extra)
+    assert out.returncode == 1, out.stderr
+    assert "plain HTTP" in out.stderr and "--store-insecure" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_flags_from_environment() -> None:
     out = run("pghactl", "status", env={"PGHA_CLUSTER_NAME": "x", "PGHA_STORE_ENDPOINTS": "http://127.0.0.1:1",
-                                        "PGHA_STORE_TIMEOUT": "0.5"})
+                                        "PGHA_STORE_INSECURE": "true", "PGHA_STORE_TIMEOUT": "0.5"})
     assert out.returncode == 1
     assert "store" in out.stderr and "127.0.0.1:1" in out.stderr  # it used the endpoint from the environment
 
 
 def test_store_down_is_a_clear_error() -> None:
     out = run("pghactl", "--cluster-name", "x", "--store-endpoints", "http://127.0.0.1:1,http://127.0.0.1:2",
-              "status")
+              "--store-insecure", "true", "status")
     assert out.returncode == 1
     assert "store unreachable" in out.stderr and "Traceback" not in out.stderr
 
@@ -196,7 +204,7 @@ def test_init_twice_needs_yes_and_bad_spec_writes_nothing(tmp_path: Path) -> Non
     etcd = harness.EtcdCluster(tmp_path / "etcd", 1)
     etcd.start()
     try:
-        common = ["--cluster-name", "c", "--store-endpoints", etcd.endpoints]
+        common = ["--cluster-name", "c", "--store-endpoints", etcd.endpoints, "--store-insecure", "true"]
         bad = run("pghactl", *common, "init", "--spec", '{"fail_interval": "x"}')
         assert bad.returncode == 1 and "fail_interval" in bad.stderr
         assert "not initialized" in json.loads(run("pghactl", *common, "status", "--format", "json").stdout

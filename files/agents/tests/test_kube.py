@@ -155,3 +155,50 @@ def test_a_hanging_api_server_never_blocks_the_caller(fake_api: FakeKubeApi, tok
     assert time.monotonic() - started < 0.5
     fake_api.hold.clear()
     assert labels.wait_sent("primary", 10)
+
+
+def test_role_from_the_keepers_health_answer() -> None:
+    assert kube.role_from_health(200, b'{"healthy": true, "role": "primary"}') == "primary"
+    assert kube.role_from_health(200, b'{"healthy": true, "role": "replica"}') == "replica"
+    assert kube.role_from_health(503, b'{"healthy": false, "phase": "starting"}') == "none"
+    assert kube.role_from_health(200, b'{"healthy": false, "role": "primary"}') == "none"
+    assert kube.role_from_health(200, b"not json") == "none"
+    assert kube.role_from_health(200, b'["primary"]') == "none"
+
+
+def test_the_labeller_follows_the_keepers_api(fake_api: FakeKubeApi, token: str) -> None:
+    """pgha-labeller's loop against a real HTTP API standing in for the keeper's, and the fake API server."""
+    import threading
+
+    from pgha.http import ApiServer
+
+    answer = {"status": 200, "body": '{"healthy": true, "role": "replica"}'}
+    keeper = ApiServer("127.0.0.1", 0, {"/health": lambda q: (answer["status"], "application/json", answer["body"])})
+    keeper.start()
+    labels = kube.RoleLabels(client(fake_api, token), retry_min=0.05)
+    stop = threading.Event()
+    loop = threading.Thread(target=kube.label_loop, args=(f"http://127.0.0.1:{keeper.bound_port}/health", labels, stop,
+                                                          0.05), daemon=True)
+    loop.start()
+    try:
+        assert labels.wait_sent("replica", 5)
+        answer.update(body='{"healthy": true, "role": "primary"}')
+        assert labels.wait_sent("primary", 5)
+        keeper.stop()  # the keeper's API gone (keeper restarting): no role label
+        assert labels.wait_sent(None, 5)
+    finally:
+        stop.set()
+        loop.join(5)
+        keeper.stop()
+    bodies = [r["body"]["metadata"]["labels"]["pgha.io/role"] for r in fake_api.requests]
+    assert bodies == ["replica", "primary", None]
+
+
+def test_the_labeller_outside_kubernetes_says_so_and_exits(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    for var in ("KUBERNETES_SERVICE_HOST", "POD_NAME", "POD_NAMESPACE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        kube.labeller_main(["--keeper-api", "http://127.0.0.1:1"])
+    assert exc.value.code == 1
+    assert "not in a Kubernetes pod" in capsys.readouterr().err

@@ -36,7 +36,8 @@ class ProxyProcess:
         self.port = port or free_port()
         self.api_port = free_port()
         self.log = workdir / f"proxy-{uid}.log"
-        env = dict(os.environ, PGHA_STORE_ENDPOINTS=etcd_url)  # flags may come from the environment too
+        env = dict(os.environ, PGHA_STORE_ENDPOINTS=etcd_url,  # flags may come from the environment too
+                   PGHA_STORE_INSECURE="true")
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pgha.proxy.main", "--cluster-name", "ptest", "--uid", uid,

@@ -77,6 +77,9 @@ def add_common_flags(p: EnvParser, require_cluster: bool = True) -> None:
                                     "only what the component writes")
     p.add_flag("--store-password-file", help="file holding the etcd user's password (never give the password "
                                              "itself on the command line)")
+    p.add_flag("--store-insecure", type=parse_bool, default=False,
+               help="allow http:// store endpoints: no TLS, so whoever reaches etcd reads and writes the cluster "
+                    "(for tests, benchmarks, or an etcd only trusted hosts can reach)")
     p.add_flag("--store-timeout", type=float, default=2.0, help="seconds before a store request fails")
     p.add_flag("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                help="log verbosity")
@@ -112,6 +115,13 @@ def read_secret_file(path: str, what: str) -> str:
 
 def store_from_args(args: argparse.Namespace) -> Store:
     """The store the common flags name. Raises StoreError with a clear message."""
+    from pgha.store import StoreError
+
+    plain = [e.strip() for e in args.store_endpoints.split(",") if e.strip().lower().startswith("http://")]
+    if plain and not getattr(args, "store_insecure", False):
+        raise StoreError(f"--store-endpoints {', '.join(plain)}: plain HTTP, without TLS whoever reaches etcd can "
+                         "make any keeper primary; use https:// (--store-ca-file, --store-cert-file, "
+                         "--store-key-file), or say so with --store-insecure (env PGHA_STORE_INSECURE=true)")
     password = None
     if getattr(args, "store_password_file", None):
         password = read_secret_file(args.store_password_file, "--store-password-file")

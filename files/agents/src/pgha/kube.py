@@ -1,8 +1,10 @@
-"""Label the keeper's own pod with its live role, so Kubernetes can follow it.
+"""Label a keeper's pod with the keeper's live role, so Kubernetes can follow it.
 
-On Kubernetes a keeper sets ``pgha.io/role=primary|replica`` on its own pod (the label is removed
-while it is neither): the ``<cluster>-ro`` Service selects the replicas by it, and the inventory
-plugin groups pods by it. Standard library only: the pod's service-account token and CA, one JSON
+On Kubernetes ``pgha-labeller``, a container of its own in each keeper pod, sets
+``pgha.io/role=primary|replica`` on the pod from what the keeper reports at ``/health`` on loopback
+(the label is removed while it is neither): the ``<cluster>-ro`` Service selects the replicas by it,
+and the inventory plugin groups pods by it. Only that container mounts the service-account token;
+the keeper and PostgreSQL never see it. Standard library only: the pod's service-account token and CA, one JSON
 merge patch of the pod's labels (``PATCH /api/v1/namespaces/<ns>/pods/<name>``, the only API call
 pgha makes: the keepers' Role grants ``patch`` on their own pods and nothing else).
 
@@ -179,3 +181,75 @@ class RoleLabels:
                 self.patches += 1
                 self._lock.notify_all()
             logger.info("labelled our pod %s=%s", ROLE_LABEL, value if value is not None else "(removed)")
+
+
+# ------------------------------------------------------------------------------------------------
+# pgha-labeller: the labelling in a container of its own, so that the service-account token is not
+# in the container that runs PostgreSQL and the keeper.
+
+def role_from_health(status: int, body: bytes) -> str:
+    """The keeper's role from its /health answer: 'primary' or 'replica' when healthy, else 'none'."""
+    if status != 200:
+        return "none"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "none"
+    role = doc.get("role") if isinstance(doc, dict) and doc.get("healthy") is True else None
+    return role if isinstance(role, str) else "none"
+
+
+def read_role(health_url: str, timeout: float = 2.0) -> str:
+    """GET the keeper's /health; 'none' when it does not answer."""
+    try:
+        with urllib.request.urlopen(health_url, timeout=timeout) as resp:
+            return role_from_health(resp.status, resp.read(4096))
+    except urllib.error.HTTPError as exc:
+        return role_from_health(exc.code, b"")
+    except (urllib.error.URLError, OSError, ValueError):
+        return "none"
+
+
+def label_loop(health_url: str, labels: RoleLabels, stop: threading.Event, interval: float = 0.5) -> None:
+    """Until ``stop``: read the keeper's role every ``interval`` seconds and keep the label equal to it."""
+    last = None
+    while not stop.is_set():
+        role = read_role(health_url)
+        if role != last:
+            logger.info("keeper role %s", role)
+            last = role
+        labels.observe(role)
+        stop.wait(interval)
+
+
+def labeller_main(argv: list[str] | None = None) -> None:
+    import argparse
+    import signal
+
+    from pgha import log as pgha_log
+
+    p = argparse.ArgumentParser(
+        prog="pgha-labeller",
+        description="Keep this pod's pgha.io/role label equal to the role its keeper reports at /health. "
+                    "Runs in a container of the keeper's pod that alone holds the service-account token "
+                    "(the keeper's Role allows patching its own pod and nothing else).")
+    p.add_argument("--keeper-api", default=os.environ.get("PGHA_KEEPER_API", "http://127.0.0.1:8008"),
+                   help="base URL of the keeper's HTTP API in this pod (env PGHA_KEEPER_API)")
+    p.add_argument("--interval", type=float, default=float(os.environ.get("PGHA_LABELLER_INTERVAL", "0.5")),
+                   help="seconds between two reads of the keeper's role (env PGHA_LABELLER_INTERVAL)")
+    p.add_argument("--log-level", default=os.environ.get("PGHA_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    if not 0.05 <= args.interval <= 60:
+        p.error(f"--interval must be between 0.05 and 60 seconds, got {args.interval}")
+    pgha_log.setup("labeller", args.log_level)
+    client = PodClient.from_environment()
+    if client is None:
+        logger.error("not in a Kubernetes pod with a service-account token: nothing to label")
+        raise SystemExit(1)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logger.info("labelling pod %s/%s from %s every %.2fs", client.namespace, client.pod_name, args.keeper_api,
+                args.interval)
+    label_loop(args.keeper_api.rstrip("/") + "/health", RoleLabels(client), stop, args.interval)

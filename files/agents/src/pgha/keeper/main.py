@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg2
 
-from pgha import cli, kube, log as pglog
+from pgha import cli, log as pglog
 from pgha.http import ApiServer
 from pgha.keeper import decide as kd
 from pgha.keeper.actions import ACTIONS, Actions
@@ -115,7 +115,6 @@ class Keeper(Fencing, Reporting, Actions, Api):
         self._controldata_cache: tuple[float, dict[str, str]] | None = None
         self.api: ApiServer | None = None
         self.primary_minimums: dict[str, int] = {}  # hot-standby parameters of the primary we follow
-        self.role_labels = kube.RoleLabels()  # Kubernetes: pgha.io/role on our pod; never blocks
 
     # ================================================================== local state
     def load_state(self) -> None:

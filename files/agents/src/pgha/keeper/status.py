@@ -113,7 +113,6 @@ class Reporting:
         with self.collect_lock:
             st = self.collect()
             self.status = st
-        self.role_labels.observe(st.role)
         if self.lease.id and not self.fenced:
             self.publish(st)
 

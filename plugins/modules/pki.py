@@ -66,7 +66,7 @@ options:
         type: bool
         default: true
   password_dir:
-    description: Directory of the password files (made mode 0700).
+    description: Directory of the password files (made mode 0700 when missing; an existing one is left as it is).
     type: path
   passwords:
     description: Names of the password files to keep in O(password_dir).
@@ -166,8 +166,7 @@ def main():
             if new:
                 made.append(c["name"])
         if p["passwords"]:
-            os.makedirs(p["password_dir"], mode=0o700, exist_ok=True)
-            os.chmod(p["password_dir"], 0o700)
+            os.makedirs(p["password_dir"], mode=0o700, exist_ok=True)  # an existing one keeps its owner and mode
             for name in p["passwords"]:
                 path = os.path.join(p["password_dir"], name)
                 if os.path.exists(path) and os.path.getsize(path) > 0:

@@ -144,19 +144,13 @@ class EtcdStore(Store):
         if token:
             return token
         ep = self.endpoints[idx]
-        conn = self._connect(ep, timeout)
         try:
-            conn.request("POST", "/v3/auth/authenticate",
-                         body=json.dumps({"name": self._user, "password": self._password}).encode(),
-                         headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
+            status, data = self._post_once(ep, "/v3/auth/authenticate", {"name": self._user, "password": self._password},
+                                           {"Content-Type": "application/json"}, timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise _Unreachable(f"{ep.url}: {exc or type(exc).__name__}") from None
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise StoreError(f"etcd authentication of user {self._user!r} at {ep.url}: HTTP {resp.status}: "
+        if status != 200:
+            raise StoreError(f"etcd authentication of user {self._user!r} at {ep.url}: HTTP {status}: "
                              f"{_error_text(data)}")
         try:
             token = str(json.loads(data)["token"])
@@ -165,6 +159,18 @@ class EtcdStore(Store):
         with self._token_lock:
             self._tokens[idx] = token
         return token
+
+    def _post_once(self, ep: Endpoint, path: str, body: dict[str, Any], headers: dict[str, str],
+                   timeout: float) -> tuple[int, bytes]:
+        """One POST on a connection of its own to ``ep``: (HTTP status, body). Transport errors
+        (OSError, HTTPException) are the caller's to word."""
+        conn = self._connect(ep, timeout)
+        try:
+            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def _forget_token(self, idx: int) -> None:
         with self._token_lock:
@@ -416,18 +422,13 @@ class EtcdStore(Store):
         if leader is None:
             raise StoreError("no healthy etcd leader to move the leadership from")
         ep = next(e for e in self.endpoints if e.url == leader["endpoint"])
-        conn = self._connect(ep, self.timeout)
         try:
-            conn.request("POST", "/v3/maintenance/transfer-leadership", body=json.dumps({"targetID": str(member_id)}),
-                         headers=self._headers(self.endpoints.index(ep), self.timeout))
-            resp = conn.getresponse()
-            data = resp.read()
+            status, data = self._post_once(ep, "/v3/maintenance/transfer-leadership", {"targetID": str(member_id)},
+                                           self._headers(self.endpoints.index(ep), self.timeout), self.timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise StoreError(f"{ep.url}: {_tls_hint(exc)}") from None
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise StoreError(f"moving the etcd leadership to {member_id}: HTTP {resp.status} "
+        if status != 200:
+            raise StoreError(f"moving the etcd leadership to {member_id}: HTTP {status} "
                              f"{data.decode(errors='replace')[:200]}")
 
     def close(self) -> None:

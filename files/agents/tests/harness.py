@@ -546,9 +546,14 @@ class PghaCluster:
 
     def __init__(self, tmp: Path, *, keepers: int = 3, sentinels: int = 2, proxies: int = 1,
                  spec: dict[str, Any] | None = None, etcd_members: int = 1, cluster_name: str | None = None,
-                 log_level: str = "info", secure_store: bool = False) -> None:
+                 log_level: str = "info", secure_store: bool = False, pg_tls: bool = True) -> None:
         """``secure_store``: etcd on HTTPS wanting client certificates, with etcd authentication on and
-        each component (and pghactl, as the operator) logging in as its own user (pgha.store.auth)."""
+        each component (and pghactl, as the operator) logging in as its own user (pgha.store.auth).
+        ``pg_tls``: every keeper's PostgreSQL with a certificate from the cluster's CA (``tmp/pg-pki``),
+        logins over TCP only with TLS, the members verifying each other (the default, as deployed).
+
+        Clients (``connect_rw`` ...) log in as the application role ``app`` to its database ``app``;
+        the superuser only over a keeper's Unix socket (``connect_superuser``)."""
         self.tmp = Path(tmp)
         self.cluster_name = cluster_name or "t" + secrets.token_hex(4)
         self.spec = dict(spec or {})
@@ -571,6 +576,16 @@ class PghaCluster:
         secrets_dir = self._own_dir(self.tmp / "secrets", 0o700)
         self.su_password_file = self._secret(secrets_dir / "su-password", self.su_password)
         self.repl_password_file = self._secret(secrets_dir / "repl-password", self.repl_password)
+        self.app_password = secrets.token_urlsafe(18)
+        self.app_password_file = self._secret(secrets_dir / "app-password", self.app_password)
+        self.pg_tls = pg_tls
+        self.pg_pki = self._own_dir(self.tmp / "pg-pki", 0o700)
+        self.pg_ca_file = ""
+        if pg_tls:
+            from pgha import pki
+
+            self._pg_ca, _ = pki.ensure_ca(self.pg_pki, f"pgha {self.cluster_name} test CA")
+            self.pg_ca_file = str(self.pg_pki / "ca.crt")
         self.store_passwords: dict[str, str] = {}
         self.store_password_files: dict[str, Path] = {}
         if secure_store:
@@ -646,13 +661,24 @@ class PghaCluster:
         """Define (not start) one more keeper; returns it. Call ``.start()`` on it to run it."""
         pg_port, api_port = free_port(), free_port()
         data_dir = self.tmp / uid / "data"
+        tls: list[str] = []
+        if self.pg_tls:
+            from pgha import pki
+
+            key, crt, _ = pki.ensure_certificate(self.pg_pki, self._pg_ca, uid, dns=("localhost",), ips=("127.0.0.1",),
+                                                 server=True)
+            if running_as_root():
+                for path in (key, crt):
+                    os.chown(path, self.uid, self.gid)
+            tls = ["--pg-tls-cert-file", str(crt), "--pg-tls-key-file", str(key), "--pg-tls-ca-file", self.pg_ca_file]
         agent = self._agent(uid, "pgha-keeper", [
             "--uid", uid, "--data-dir", str(data_dir), "--pg-bin-path", PG_BIN,
             "--pg-listen-address", "127.0.0.1", "--pg-port", str(pg_port),
             "--pg-advertise-address", "127.0.0.1", "--pg-advertise-port", str(pg_port),
             "--pg-su-username", "postgres", "--pg-su-password-file", str(self.su_password_file),
             "--pg-repl-username", "repluser", "--pg-repl-password-file", str(self.repl_password_file),
-            "--api-listen-address", "127.0.0.1", "--api-port", str(api_port),
+            "--pg-app-username", "app", "--pg-app-password-file", str(self.app_password_file),
+            "--api-listen-address", "127.0.0.1", "--api-port", str(api_port), *tls,
         ])
         self.keepers[uid] = agent
         self.keeper_pg_port[uid] = pg_port
@@ -669,6 +695,7 @@ class PghaCluster:
         agent = self._agent(uid, "pgha-proxy", [
             "--uid", uid, "--listen-address", "127.0.0.1", "--port", str(port), "--ro-port", str(ro_port),
             "--api-listen-address", "127.0.0.1", "--api-port", str(api_port),
+            *(["--pg-tls-ca-file", self.pg_ca_file] if self.pg_tls else []),
         ])
         self.proxies[uid] = agent
         self.proxy_port[uid] = port
@@ -769,8 +796,29 @@ class PghaCluster:
     def _connect(self, port: int, **kw: Any) -> Any:
         import psycopg2
 
-        params: dict[str, Any] = {"host": "127.0.0.1", "port": port, "user": "postgres",
-                                  "password": self.su_password, "dbname": "postgres", "connect_timeout": 3}
+        params: dict[str, Any] = {"host": "127.0.0.1", "port": port, "user": "app", "password": self.app_password,
+                                  "dbname": "app", "connect_timeout": 3, **self.client_tls()}
+        params.update(kw)
+        return psycopg2.connect(**params)
+
+    def client_tls(self) -> dict[str, str]:
+        """What a client that checks the server's certificate passes to libpq (through a proxy too:
+        the keepers' certificates name 127.0.0.1, where the proxies listen)."""
+        return {"sslmode": "verify-full", "sslrootcert": self.pg_ca_file} if self.pg_tls else {}
+
+    def dsn(self, port: int) -> str:
+        """The application role's libpq connection string for ``port`` (a proxy's), password included."""
+        return " ".join(f"{k}={v}" for k, v in {"host": "127.0.0.1", "port": port, "user": "app",
+                                                "password": self.app_password, "dbname": "app",
+                                                **self.client_tls()}.items())
+
+    def connect_superuser(self, uid: str, **kw: Any) -> Any:
+        """psycopg2 connection as the superuser over keeper ``uid``'s Unix socket (the only way in:
+        the keepers refuse the superuser over TCP). Needs root or the agents' user."""
+        import psycopg2
+
+        params: dict[str, Any] = {"host": str(self.tmp / uid / "data" / "run"), "port": self.keeper_pg_port[uid],
+                                  "user": "postgres", "dbname": "postgres", "connect_timeout": 3}
         params.update(kw)
         return psycopg2.connect(**params)
 

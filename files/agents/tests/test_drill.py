@@ -145,7 +145,7 @@ def test_probe_and_report_on_a_crash(cluster_factory, tmp_path: Path) -> None:
                     timeout=120, what="a synchronous cluster with a candidate")
     old = st["cluster"]["primary"]
     port = next(iter(c.proxy_port.values()))
-    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres password={c.su_password}"
+    dsn = c.dsn(port)
     bindir = os.path.dirname(sys.executable)
     out = tmp_path / "events.txt"
     probe = subprocess.Popen([os.path.join(bindir, "pgha-drill"), "probe", "--dsn", dsn, "--out", str(out),
@@ -162,7 +162,7 @@ def test_probe_and_report_on_a_crash(cluster_factory, tmp_path: Path) -> None:
         probe.send_signal(signal.SIGTERM)
         probe.wait(30)
     assert probe.returncode == 0
-    assert password_not_in(out, c.su_password)
+    assert password_not_in(out, c.app_password)
     rep = subprocess.run([os.path.join(bindir, "pgha-drill"), "report", "--events", str(out),
                           "--markers", json.dumps({"kill": kill}),
                           "--transition", json.dumps(st["cluster"]["last_transition"]),

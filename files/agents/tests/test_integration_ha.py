@@ -494,11 +494,14 @@ def test_silent_sockets_cost_no_backend_and_the_read_only_fallback_refuses_write
         for s in silent:
             s.close()
 
-    ro = c.connect_ro()  # libpq's default sslmode=prefer: the proxy declines TLS on the fallback
+    # libpq's default sslmode=prefer: the proxy declines the client's TLS on the fallback and speaks
+    # TLS to the primary itself (which takes TCP logins only over TLS)
+    ro = c.connect_ro(sslmode="prefer")
     try:
         with ro.cursor() as cur:
-            cur.execute("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')")
-            assert cur.fetchone() == (False, "on")  # the primary, read-only
+            cur.execute("SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only'), "
+                        "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())")
+            assert cur.fetchone() == (False, "on", True)  # the primary, read-only, over the proxy's TLS
         ro.rollback()
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             with ro.cursor() as cur:

@@ -23,9 +23,11 @@ from pgha.proxy.protocol import (
     StartupError,
     error_response,
     first_message,
+    first_server_message,
     read_only_startup,
     startup_message,
     startup_parameters,
+    without_channel_binding,
 )
 from pgha.proxy.relay import RO, RW, Limits
 from pgha.spec import normalize
@@ -611,3 +613,26 @@ def test_protocol_first_message_and_error_response():
     err = error_response("53300", "nope\0")
     assert err[:1] == b"E" and struct.unpack_from("!i", err, 1)[0] == len(err) - 1
     assert b"C53300\0" in err and b"Mnope?\0" in err and err.endswith(b"\0\0")
+
+
+def sasl_request(*mechanisms: bytes) -> bytes:
+    body = struct.pack("!i", 10) + b"".join(m + b"\0" for m in mechanisms) + b"\0"
+    return b"R" + struct.pack("!i", len(body) + 4) + body
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    (sasl_request(b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"), sasl_request(b"SCRAM-SHA-256")),
+    (sasl_request(b"SCRAM-SHA-256"), sasl_request(b"SCRAM-SHA-256")),
+    (b"R" + struct.pack("!ii", 8, 0), b"R" + struct.pack("!ii", 8, 0)),  # AuthenticationOk: as it is
+    (error_response("28000", "no pg_hba.conf entry"), error_response("28000", "no pg_hba.conf entry")),
+])
+def test_the_servers_first_message_loses_only_channel_binding(message: bytes, expected: bytes) -> None:
+    assert without_channel_binding(message) == expected
+    assert first_server_message(message + b"more") == len(message)
+    assert first_server_message(message[:-1]) is None
+    assert first_server_message(message[:4]) is None
+
+
+def test_a_first_server_message_with_a_silly_length_is_not_postgresql() -> None:
+    with pytest.raises(StartupError):
+        first_server_message(b"R" + struct.pack("!i", 2))

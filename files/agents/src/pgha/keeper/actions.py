@@ -35,6 +35,8 @@ HOT_STANDBY_PARAMETERS = {"max_connections": 100, "max_worker_processes": 8, "ma
 class Actions:
     """The actions and the configuration; uses the Keeper's pg, spec, cluster data and local state."""
 
+    roles_ensured = False  # create_roles() has run on this primary since the keeper started
+
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
         params.update(self.spec.pg_parameters)
@@ -58,35 +60,48 @@ class Actions:
             "wal_log_hints": "on",
             "synchronous_standby_names": sync_standby_names(want.synchronous_standbys) if primary and want else "",
         })
+        if self.pg.cfg.tls:
+            params.update({"ssl": "on", "ssl_cert_file": self.pg.cfg.tls_cert_file,
+                           "ssl_key_file": self.pg.cfg.tls_key_file})
         return params
 
     def pg_hba(self) -> list[str]:
+        """The keeper's own rules, then the spec's (or, without any, password logins for every other
+        role). Over TCP: TLS only when the keeper has a certificate; the replication role only for
+        replication and for pg_rewind's and the keepers' checks in database postgres; the superuser
+        never (it logs in over the keeper's private Unix socket)."""
         su, repl = self.args.pg_su_username, self.args.pg_repl_username
+        tcp = "hostssl" if self.pg.cfg.tls else "host"
+        nets = ("0.0.0.0/0", "::/0")
         lines = [
             "# Written by pgha-keeper. Extra rules come from the spec's pg_hba (pghactl update).",
             "# The Unix socket directory is private to the keeper's OS user (0700): trust is safe there.",
             "local all all trust",
             "local replication all trust",
-            f"host replication {repl} 0.0.0.0/0 scram-sha-256",
-            f"host replication {repl} ::/0 scram-sha-256",
-            f"host all {su} 0.0.0.0/0 scram-sha-256",
-            f"host all {su} ::/0 scram-sha-256",
         ]
-        lines += list(self.spec.pg_hba) or ["host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"]
+        lines += [f"{tcp} replication {repl} {net} scram-sha-256" for net in nets]
+        lines += [f"{tcp} postgres {repl} {net} scram-sha-256" for net in nets]
+        lines += [f"host all {role} {net} reject" for role in dict.fromkeys((su, repl)) for net in nets]
+        lines += list(self.spec.pg_hba) or [f"{tcp} all all {net} scram-sha-256" for net in nets]
         return lines
 
     def conninfo(self, address: str) -> str:
         host, port = address.rsplit(":", 1)
-        return (f"host={host} port={port} user={self.args.pg_repl_username} passfile={self.pg.passfile} "
-                f"application_name={self.uid} connect_timeout=2 keepalives_idle=5 keepalives_interval=2 "
-                f"keepalives_count=3")
+        return self.pg.member_conninfo(host, int(port), application_name=self.uid, connect_timeout="2",
+                                       keepalives_idle="5", keepalives_interval="2", keepalives_count="3")
+
+    def _connect_member(self, address: str) -> Any:
+        """A connection to another member's database postgres as the replication role (TLS verified
+        when configured); raises psycopg2.Error."""
+        host, port = address.rsplit(":", 1)
+        return psycopg2.connect(host=host, port=int(port), user=self.args.pg_repl_username, dbname="postgres",
+                                connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper",
+                                **self.pg.client_tls())
 
     def learn_primary_minimums(self, address: str) -> None:
         """Read the hot-standby-sensitive settings the primary runs with (before a replica starts)."""
-        host, port = address.rsplit(":", 1)
         try:
-            c = psycopg2.connect(host=host, port=int(port), user=self.args.pg_su_username, dbname="postgres",
-                                 connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper")
+            c = self._connect_member(address)
         except psycopg2.Error:
             return
         try:
@@ -132,11 +147,10 @@ class Actions:
             self.phase = "running"
 
     def source_is_primary(self, address: str) -> bool:
-        host, port = address.rsplit(":", 1)
         try:
-            c = psycopg2.connect(host=host, port=int(port), user=self.args.pg_su_username, dbname="postgres",
-                                 connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper")
-        except psycopg2.Error:
+            c = self._connect_member(address)
+        except psycopg2.Error as exc:
+            logger.info("cannot check %s is a primary: %s", address, str(exc).strip().splitlines()[0] if str(exc) else exc)
             return False
         try:
             cur = c.cursor()
@@ -148,6 +162,13 @@ class Actions:
             c.close()
 
     def reconcile_primary(self, want: KeeperSpec | None) -> None:
+        if not self.roles_ensured:  # once per keeper process: passwords read at start, grants added by upgrades
+            try:
+                for made in self.pg.create_roles():
+                    logger.info("created %s", made)
+                self.roles_ensured = True
+            except psycopg2.Error as exc:
+                logger.warning("cannot create or update the roles (trying again): %s", str(exc).strip())
         for change in self.pg.reconcile_slots(self.wanted_slots()):
             logger.info("%s", change)
 
@@ -178,7 +199,7 @@ class Actions:
         self.pg.initdb()
         self.configure(want, True, None)
         self.start()
-        self.pg.create_roles()
+        self.reconcile_primary(want)
         self.pg.query("CHECKPOINT")
         self.save_state(cluster_uid=self.cd.uid, initializing=False)
         logger.info("initdb done: PostgreSQL %s running as primary with data checksums", self.pg.version())
@@ -191,7 +212,7 @@ class Actions:
         self.pg.ensure_include()
         self.configure(want, True, None)
         self.start()
-        self.pg.create_roles()
+        self.reconcile_primary(want)
         self.save_state(cluster_uid=self.cd.uid, initializing=False)
         logger.info("adopted the existing data directory as primary")
 

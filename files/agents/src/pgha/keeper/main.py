@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -70,11 +71,50 @@ def read_password(path: str, flag: str) -> str:
     return pw
 
 
+def check_app_and_tls(args: Any) -> str:
+    """Check the application-role and TLS flags (exits with the reason); returns the application
+    role's password ("" without one)."""
+    app_pw = ""
+    if args.pg_app_username:
+        if not valid_role_name(args.pg_app_username):
+            cli.die(f"--pg-app-username {args.pg_app_username!r}: use 1-63 lowercase letters, digits or _")
+        if args.pg_app_username in (args.pg_su_username, args.pg_repl_username):
+            cli.die("--pg-app-username must differ from the superuser and the replication user")
+        if not args.pg_app_password_file:
+            cli.die("--pg-app-username needs --pg-app-password-file")
+        app_pw = read_password(args.pg_app_password_file, "--pg-app-password-file")
+        if args.pg_app_database and not valid_role_name(args.pg_app_database):
+            cli.die(f"--pg-app-database {args.pg_app_database!r}: use 1-63 lowercase letters, digits or _")
+    elif args.pg_app_password_file or args.pg_app_database:
+        cli.die("--pg-app-password-file and --pg-app-database need --pg-app-username")
+    tls = {"--pg-tls-cert-file": args.pg_tls_cert_file, "--pg-tls-key-file": args.pg_tls_key_file,
+           "--pg-tls-ca-file": args.pg_tls_ca_file}
+    if any(tls.values()):
+        missing = [flag for flag, value in tls.items() if not value]
+        if missing:
+            cli.die(f"PostgreSQL TLS needs all of {', '.join(tls)}; missing: {', '.join(missing)}")
+        for flag, value in tls.items():
+            try:
+                with open(value, "rb") as f:
+                    if b"-----BEGIN " not in f.read(65536):
+                        cli.die(f"{flag} {value}: not a PEM file")
+            except OSError as exc:
+                cli.die(f"{flag} {value}: {exc.strerror}")
+    else:
+        logger.warning("PostgreSQL without TLS (no --pg-tls-cert-file): passwords and data cross the network "
+                       "in clear, and replicas do not check who they replicate from")
+    return app_pw
+
+
+def valid_role_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name or ""))
+
+
 class Keeper(Fencing, Reporting, Actions, Api):
     """One keeper: its state and main loop here; lease and fence (``fencing``), status (``status``),
     actions (``actions``) and HTTP API (``api``) in the modules next to this one."""
 
-    def __init__(self, args: Any, store: Store, su_password: str, repl_password: str) -> None:
+    def __init__(self, args: Any, store: Store, su_password: str, repl_password: str, app_password: str = "") -> None:
         self.args = args
         self.uid: str = args.uid
         self.store = store
@@ -83,7 +123,10 @@ class Keeper(Fencing, Reporting, Actions, Api):
         self.pg = Postgres(PgConfig(bin_path=args.pg_bin_path, data_dir=self.data_dir,
                                     listen_address=args.pg_listen_address, port=args.pg_port,
                                     su_username=args.pg_su_username, su_password=su_password,
-                                    repl_username=args.pg_repl_username, repl_password=repl_password))
+                                    repl_username=args.pg_repl_username, repl_password=repl_password,
+                                    tls_cert_file=args.pg_tls_cert_file or "", tls_key_file=args.pg_tls_key_file or "",
+                                    tls_ca_file=args.pg_tls_ca_file or "", app_username=args.pg_app_username or "",
+                                    app_password=app_password, app_database=args.pg_app_database or ""))
         self.advertise = f"{args.pg_advertise_address or args.pg_listen_address}:{args.pg_advertise_port or args.pg_port}"
         self.boot_id = uuid.uuid4().hex[:12]
         self.spec: Spec = default()
@@ -295,6 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_flag("--pg-su-password-file", required=True, help="file holding the superuser password")
     p.add_flag("--pg-repl-username", default="repluser", help="PostgreSQL replication user name")
     p.add_flag("--pg-repl-password-file", required=True, help="file holding the replication password")
+    p.add_flag("--pg-app-username", help="the applications' role: created by the primary (LOGIN, not a superuser) "
+                                          "with its own database; none when not given")
+    p.add_flag("--pg-app-password-file", help="file holding the application role's password (with --pg-app-username)")
+    p.add_flag("--pg-app-database", help="the application role's database (default: named like the role)")
+    p.add_flag("--pg-tls-cert-file", help="PostgreSQL's server certificate (PEM; SANs: the advertised address): "
+                                           "TLS on, and TCP logins only over TLS (hostssl)")
+    p.add_flag("--pg-tls-key-file", help="its private key (owned by the keeper's user 0600, or by root 0640)")
+    p.add_flag("--pg-tls-ca-file", help="the CA that signed every member's certificate: connections to other members "
+                                         "use sslmode=verify-full against it")
     p.add_flag("--api-listen-address", default="127.0.0.1", help="address of the HTTP API")
     p.add_flag("--api-port", type=int, default=0, help="port of the HTTP API (/health /primary /replica /metrics); "
                                                        "0 disables it")
@@ -313,13 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     repl_pw = read_password(args.pg_repl_password_file, "--pg-repl-password-file")
     if args.pg_su_username == args.pg_repl_username and su_pw != repl_pw:
         cli.die("--pg-su-username equals --pg-repl-username but the password files differ")
+    app_pw = check_app_and_tls(args)
     data_dir = Path(args.data_dir)
     try:
         lock = lock_data_dir(data_dir)
     except OSError as exc:
         cli.die(f"--data-dir {data_dir}: {exc.strerror}")
     store = cli.store_or_die(args)
-    keeper = Keeper(args, store, su_pw, repl_pw)
+    keeper = Keeper(args, store, su_pw, repl_pw, app_pw)
 
     def stop(signum: int, frame: Any) -> None:
         keeper.stopping.set()

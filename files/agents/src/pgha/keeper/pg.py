@@ -5,7 +5,12 @@ Layout under the keeper's ``--data-dir``:
   postgres/       PGDATA
   run/            the Unix socket directory (mode 0700: only the keeper's OS user can connect, so
                   local connections use trust without exposing anything)
-  pgpass          libpq password file for replication and rewind connections (0600)
+  pgpass          libpq password file of the replication role (streaming, base backup, rewind; 0600)
+
+TLS (``PgConfig.tls_cert_file``): PostgreSQL serves it with ``ssl=on``, and every connection the
+keeper makes to another member (streaming, base backup, pg_rewind, its checks of the primary) uses
+``sslmode=verify-full`` against ``tls_ca_file``, so a replica talks only to a server whose
+certificate the cluster's CA signed for the address the cluster data names.
   postgres.log    PostgreSQL's own log
   state.json      the keeper's local state (cluster uid)
   pgha.lock       the data-directory lock
@@ -74,6 +79,12 @@ def parse_sync_standby_names(text: str) -> tuple[str, ...]:
     return tuple(sorted(p.strip().strip('"') for p in body.split(",") if p.strip()))
 
 
+def _conninfo_quote(value: str) -> str:
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _pgpass_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -88,6 +99,23 @@ class PgConfig:
     su_password: str
     repl_username: str
     repl_password: str
+    tls_cert_file: str = ""  # PostgreSQL's certificate and key (ssl=on), "" for none
+    tls_key_file: str = ""
+    tls_ca_file: str = ""  # the CA the other members' certificates are checked against
+    app_username: str = ""  # the applications' role and database (LOGIN, owns its database), "" for none
+    app_password: str = ""
+    app_database: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+
+# what pg_rewind calls on its source server (PostgreSQL 15's "pg_rewind" docs): granted to the
+# replication role, which rewinds, instead of connecting as the superuser
+REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)", "pg_catalog.pg_stat_file(text, boolean)",
+                    "pg_catalog.pg_read_binary_file(text)",
+                    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)")
 
 
 class Postgres:
@@ -104,6 +132,23 @@ class Postgres:
     # ------------------------------------------------------------------ helpers
     def bin(self, name: str) -> str:
         return str(Path(self.cfg.bin_path) / name)
+
+    def client_tls(self) -> dict[str, str]:
+        """libpq settings for a connection to another member: its certificate verified against the
+        cluster's CA and the address connected to; without TLS configured, no encryption."""
+        if self.cfg.tls_ca_file:
+            # no client certificate (the members log in with a password over the verified TLS); a
+            # path that does not exist keeps libpq from looking in $HOME/.postgresql, which may be
+            # another user's (then it fails with "Permission denied")
+            none = str(self.cfg.data_dir / "no-client-certificate")
+            return {"sslmode": "verify-full", "sslrootcert": self.cfg.tls_ca_file, "sslcert": none, "sslkey": none}
+        return {"sslmode": "disable"}
+
+    def member_conninfo(self, host: str, port: int, **extra: str) -> str:
+        """The conninfo string of a connection to another member as the replication role."""
+        params = {"host": host, "port": str(port), "user": self.cfg.repl_username, "passfile": str(self.passfile),
+                  **self.client_tls(), **extra}
+        return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in params.items())
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -129,8 +174,8 @@ class Postgres:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.sockdir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.sockdir, 0o700)
-        lines = [f"*:*:*:{_pgpass_escape(self.cfg.repl_username)}:{_pgpass_escape(self.cfg.repl_password)}",
-                 f"*:*:*:{_pgpass_escape(self.cfg.su_username)}:{_pgpass_escape(self.cfg.su_password)}"]
+        # only the replication role's: the superuser logs in over the Unix socket (no password)
+        lines = [f"*:*:*:{_pgpass_escape(self.cfg.repl_username)}:{_pgpass_escape(self.cfg.repl_password)}"]
         tmp = self.passfile.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -325,13 +370,29 @@ class Postgres:
             with open(conf, "a") as f:
                 f.write("\n# managed by pgha: keep this line last\ninclude_if_exists = 'pgha.conf'\n")
 
-    def create_roles(self) -> None:
-        if self.cfg.repl_username == self.cfg.su_username:
-            return
-        exists = self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.cfg.repl_username,))
+    def _ensure_login(self, name: str, password: str, attributes: str) -> None:
+        exists = self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
         verb = "ALTER" if exists else "CREATE"
-        self.query(f'{verb} ROLE "{self.cfg.repl_username}" WITH REPLICATION LOGIN PASSWORD %s',
-                   (self.cfg.repl_password,))
+        self.query(f'{verb} ROLE "{name}" WITH {attributes} LOGIN PASSWORD %s', (password,))
+
+    def create_roles(self) -> list[str]:
+        """Create or update (passwords, grants) the replication role and the application role and
+        database; on the primary. Returns what was created."""
+        made = []
+        cfg = self.cfg
+        if cfg.repl_username != cfg.su_username:
+            self._ensure_login(cfg.repl_username, cfg.repl_password, "REPLICATION NOSUPERUSER")
+            for function in REWIND_FUNCTIONS:
+                self.query(f'GRANT EXECUTE ON FUNCTION {function} TO "{cfg.repl_username}"')
+        if cfg.app_username:
+            if not self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.app_username,)):
+                made.append(f"role {cfg.app_username}")
+            self._ensure_login(cfg.app_username, cfg.app_password, "NOSUPERUSER NOCREATEROLE NOREPLICATION")
+            database = cfg.app_database or cfg.app_username
+            if not self.query("SELECT 1 FROM pg_database WHERE datname = %s", (database,)):
+                self.query(f'CREATE DATABASE "{database}" OWNER "{cfg.app_username}"')
+                made.append(f"database {database} owned by {cfg.app_username}")
+        return made
 
     def basebackup(self, host: str, port: int, slot: str | None) -> None:
         """Clone from ``host:port`` into a fresh directory, then swap it in: the old data is kept
@@ -339,8 +400,8 @@ class Postgres:
         staging = self.cfg.data_dir / "postgres.new"
         if staging.exists():
             shutil.rmtree(staging)
-        argv = [self.bin("pg_basebackup"), "-D", str(staging), "-h", host, "-p", str(port),
-                "-U", self.cfg.repl_username, "-X", "stream", "-c", "fast", "-w"]
+        argv = [self.bin("pg_basebackup"), "-D", str(staging), "-d", self.member_conninfo(host, port),
+                "-X", "stream", "-c", "fast", "-w"]
         if slot:
             argv += ["--slot", slot]
         self._run(argv, f"pg_basebackup from {host}:{port}", timeout=None)
@@ -356,7 +417,7 @@ class Postgres:
         self.ensure_include()
 
     def rewind(self, host: str, port: int) -> str:
-        conninfo = f"host={host} port={port} user={self.cfg.su_username} dbname=postgres"
+        conninfo = self.member_conninfo(host, port, dbname="postgres")
         return self._run([self.bin("pg_rewind"), "-D", str(self.pgdata), f"--source-server={conninfo}"],
                          f"pg_rewind from {host}:{port}", timeout=600)
 

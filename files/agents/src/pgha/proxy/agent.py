@@ -19,6 +19,7 @@ import concurrent.futures
 import logging
 import math
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -69,7 +70,8 @@ def advertised_host(listen_address: str, endpoints: list[str]) -> str:
 class ProxyAgent:
     def __init__(self, store: Store, keys: Keys, uid: str, *, listen_address: str = "127.0.0.1",
                  port: int = 25432, ro_port: int = 0, api_address: str | None = None, api_port: int = 0,
-                 reuse_port: bool = False, advertise_address: str | None = None, limits: Limits | None = None) -> None:
+                 reuse_port: bool = False, advertise_address: str | None = None, limits: Limits | None = None,
+                 upstream_tls: ssl.SSLContext | None = None) -> None:
         self.store = store
         self.keys = keys
         self.uid = uid
@@ -82,6 +84,7 @@ class ProxyAgent:
         self.api_port = api_port
         self.reuse_port = reuse_port
         self.limits = limits or Limits()
+        self.upstream_tls = upstream_tls  # for the sessions the read-only fallback makes read-only
         self.state = ProxyState(ro_enabled=bool(ro_port))
         self.api: http.ApiServer | None = None
         self.pool: Pool | None = None
@@ -126,6 +129,7 @@ class ProxyAgent:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.pool = Pool(loop, self.limits)
+        self.pool.upstream_tls = self.upstream_tls
         self._listen_lock = asyncio.Lock()
         self._fatal = loop.create_future()
         if self.api_port:

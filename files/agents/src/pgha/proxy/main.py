@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import secrets
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 
@@ -102,6 +103,10 @@ def build_parser() -> EnvParser:
     p.add_flag("--startup-timeout", type=_seconds, default=Limits.startup_timeout,
                help="seconds a client may stay connected without sending its startup message before the proxy "
                     "closes it (no PostgreSQL connection is opened before that message)")
+    p.add_flag("--pg-tls-ca-file", help="the CA of the keepers' certificates: when the read-only port stands in the "
+                                         "primary for missing replicas, the proxy itself speaks TLS to it and checks "
+                                         "its certificate (the client's own TLS is declined there: the proxy must "
+                                         "read its StartupMessage). Without it, that leg is in clear")
     p.add_flag("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                help="event loop that relays the bytes: uvloop (libuv-based, less CPU per relayed message; "
                     "see docs/benchmarks.md), asyncio (the standard library's), or auto (uvloop when installed)")
@@ -131,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
         store = store_from_args(args)
     except StoreError as exc:
         die(str(exc))
+    upstream_tls = None
+    if args.pg_tls_ca_file:
+        try:
+            upstream_tls = ssl.create_default_context(cafile=args.pg_tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            die(f"--pg-tls-ca-file {args.pg_tls_ca_file}: {getattr(exc, 'strerror', None) or exc}")
     factory, loop_name = loop_factory(args.event_loop)
     open_files = raise_open_files_limit()
     max_connections = args.max_connections
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     agent = ProxyAgent(store, keys(args.store_prefix, args.cluster_name), uid,
                        listen_address=args.listen_address, port=args.port, ro_port=args.ro_port,
                        api_address=args.api_listen_address or args.listen_address, api_port=args.api_port,
-                       reuse_port=args.reuse_port,
+                       reuse_port=args.reuse_port, upstream_tls=upstream_tls,
                        limits=Limits(max_connections, args.max_connections_per_source, args.startup_timeout),
                        advertise_address=args.advertise_address
                        or advertised_host(args.listen_address, args.store_endpoints.split(",")))

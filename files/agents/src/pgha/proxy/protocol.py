@@ -81,3 +81,33 @@ def startup_message(params: dict[str, str]) -> bytes:
     body = struct.pack("!i", PROTOCOL_3) + b"".join(k.encode() + b"\0" + v.encode() + b"\0"
                                                     for k, v in params.items()) + b"\0"
     return struct.pack("!i", len(body) + 4) + body
+
+
+AUTHENTICATION = b"R"
+AUTH_SASL = 10
+CHANNEL_BINDING_MECHANISM = b"SCRAM-SHA-256-PLUS"
+
+
+def first_server_message(buf: bytes | bytearray) -> int | None:
+    """The length of the (type byte, int32 length, body) message at the start of ``buf`` once it is
+    all there, None while more is needed."""
+    if len(buf) < 5:
+        return None
+    length = struct.unpack_from("!i", buf, 1)[0] + 1
+    if length < 5 or length > 1 << 20:
+        raise StartupError(f"invalid length {length} of the server's first message")
+    return length if len(buf) >= length else None
+
+
+def without_channel_binding(message: bytes) -> bytes:
+    """``message`` (the server's first) without SCRAM-SHA-256-PLUS among the SASL mechanisms it offers.
+
+    For the sessions the proxy carries over its own TLS while the client's leg is in clear: a
+    server on TLS offers channel binding, which a client without TLS must refuse (libpq: "server
+    offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection"); offered plain
+    SCRAM-SHA-256 only, it logs in with it. Any other message is returned as it is."""
+    if message[:1] != AUTHENTICATION or len(message) < 9 or struct.unpack_from("!i", message, 5)[0] != AUTH_SASL:
+        return message
+    mechanisms = [m for m in message[9:].split(b"\0") if m and m != CHANNEL_BINDING_MECHANISM]
+    body = struct.pack("!i", AUTH_SASL) + b"".join(m + b"\0" for m in mechanisms) + b"\0"
+    return AUTHENTICATION + struct.pack("!i", len(body) + 4) + body

@@ -12,7 +12,9 @@ that never speaks costs a file descriptor, not a PostgreSQL backend, and is clos
 ``Limits.startup_timeout``. A client over a connection limit, or one that waited ``hold_timeout``
 seconds without a route (during a failover), is answered with an ErrorResponse saying why. When
 the read-only port stands in the primary for missing replicas, the session is made read-only in
-its StartupMessage.
+its StartupMessage; that needs the client's StartupMessage in clear, so the proxy declines the
+client's TLS there and, given the cluster's CA (``Pool.upstream_tls``), speaks TLS to the primary
+itself, checking its certificate (the keepers take logins over TCP only with TLS).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -160,13 +164,33 @@ class UpstreamSide(_Side):
         if _now() > self.fence.deadline:
             self.relay.fence_close()
             return
+        if self.relay.upstream_tls and self.relay.first_reply is not None:
+            data = self.relay.server_speaking(data)
+            if not data:
+                return
         self.stats.bytes_out += len(data)  # counted first: the client may ask /metrics as soon as it has it
         self.peer.write(data)  # type: ignore[union-attr]
 
 
+class _Negotiation(asyncio.Protocol):
+    """The upstream connection until PostgreSQL has answered an SSLRequest ('S' or 'N')."""
+
+    def __init__(self, relay: "Relay") -> None:
+        self.relay = relay
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_result(b"")
+
+
 class Relay:
     __slots__ = ("pool", "port", "uid", "client_side", "upstream_side", "done", "hold_until", "early",
-                 "source", "spoke", "code", "refusal", "timer")
+                 "source", "spoke", "code", "refusal", "timer", "upstream_tls", "first_reply")
 
     def __init__(self, pool: "Pool", port: str) -> None:
         self.pool = pool
@@ -182,6 +206,8 @@ class Relay:
         self.code = 0  # that message's code (protocol.SSL_REQUEST, ...)
         self.refusal: tuple[str, str] | None = None  # (SQLSTATE, message) it will be answered with
         self.timer: asyncio.TimerHandle | None = None  # closes it if it does not speak in time
+        self.upstream_tls = False  # the proxy speaks TLS to the upstream itself (the read-only fallback)
+        self.first_reply: bytearray | None = bytearray()  # the upstream's first message, while incomplete
 
     def starting(self, data: bytes) -> None:
         """Bytes from a client whose upstream is not connected yet."""
@@ -225,6 +251,21 @@ class Relay:
             self.early[:length] = protocol.read_only_startup(bytes(self.early[:length]))
         except protocol.StartupError as exc:
             self.refuse(protocol.PROTOCOL_VIOLATION, str(exc))
+
+    def server_speaking(self, data: bytes) -> bytes:
+        """The upstream's first bytes on the proxy's own TLS: its first message held until whole and
+        relayed without channel binding (see protocol.without_channel_binding), then as they come."""
+        buf = self.first_reply
+        assert buf is not None
+        buf += data
+        try:
+            length = protocol.first_server_message(buf)
+        except protocol.StartupError:
+            length = len(buf)  # not PostgreSQL speaking: pass it on as it is
+        if length is None:
+            return b""
+        self.first_reply = None
+        return protocol.without_channel_binding(bytes(buf[:length])) + bytes(buf[length:])
 
     def silent_too_long(self) -> None:
         self.timer = None
@@ -306,6 +347,8 @@ class Pool:
         self.rw: tuple[str, str] | None = None  # (uid, "host:port")
         self.ro: tuple[tuple[str, str], ...] = ()
         self.ro_fallback = False  # the read-only port goes to the primary: sessions are made read-only
+        # TLS from the proxy to the primary for the sessions it makes read-only (None: in clear)
+        self.upstream_tls: ssl.SSLContext | None = None
         self.hold_timeout = 3.0
         self.closing = False
         self._relays: dict[tuple[str, str], set[Relay]] = {}
@@ -398,6 +441,7 @@ class Pool:
                 relay.read_only()
                 if relay.done:
                     return True
+                relay.upstream_tls = self.upstream_tls is not None
         uid, address = route
         relay.uid = uid
         self._relays.setdefault((relay.port, uid), set()).add(relay)
@@ -409,8 +453,11 @@ class Pool:
     async def _connect(self, relay: Relay, address: str) -> None:
         try:
             host, port = split_address(address)
-            transport, _ = await asyncio.wait_for(
-                self.loop.create_connection(lambda: relay.upstream_side, host, port), CONNECT_TIMEOUT)
+            if relay.upstream_tls:
+                transport = await asyncio.wait_for(self._connect_tls(relay, host, port), CONNECT_TIMEOUT)
+            else:
+                transport, _ = await asyncio.wait_for(
+                    self.loop.create_connection(lambda: relay.upstream_side, host, port), CONNECT_TIMEOUT)
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             self.stats.failed_connects += 1
             if self._log_now(f"connect {address}"):
@@ -421,6 +468,27 @@ class Pool:
             return
         if relay.done:  # fenced while connecting, after connection_made
             transport.abort()
+
+    async def _connect_tls(self, relay: Relay, host: str, port: int) -> asyncio.BaseTransport:
+        """Connect to ``host:port``, ask PostgreSQL for TLS and check its certificate against the
+        cluster's CA and ``host``; then hand the TLS transport to the relay. Raises OSError (an
+        ssl.SSLError is one) or ValueError when that fails."""
+        assert self.upstream_tls is not None
+        raw, negotiation = await self.loop.create_connection(lambda: _Negotiation(relay), host, port)
+        try:
+            raw.write(struct.pack("!ii", 8, protocol.SSL_REQUEST))
+            answer = await negotiation.answer
+            if answer != b"S":
+                raise ValueError("the primary does not offer TLS" if answer[:1] == b"N" else
+                                 "the primary closed the connection during the TLS request")
+            transport = await self.loop.start_tls(raw, relay.upstream_side, self.upstream_tls, server_hostname=host)
+        except BaseException:
+            raw.abort()
+            raise
+        if transport is None:
+            raise ValueError("TLS to the primary could not start")
+        relay.upstream_side.connection_made(transport)
+        return transport
 
     def release_held(self) -> int:
         """Route held clients that now have a route; turn away those that waited too long. Returns how

@@ -58,8 +58,8 @@ up: bootstrap agents
 	$(VENV)/bin/ansible-playbook -i inventory/local.yml playbooks/site.yml
 	@echo
 	@echo "pgha is up (cluster main on 127.0.0.1). Connect through the proxy:"
-	@echo "  read-write: PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_su_password) psql 'host=127.0.0.1 port=25432 user=postgres dbname=postgres'"
-	@echo "  read-only:  PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_su_password) psql 'host=127.0.0.1 port=25433 user=postgres dbname=postgres'"
+	@echo "  read-write: PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_app_password) psql 'host=127.0.0.1 port=25432 user=app dbname=app sslmode=require'"
+	@echo "  read-only:  PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_app_password) psql 'host=127.0.0.1 port=25433 user=app dbname=app'"
 	@echo "Status (and switchover, update, ...):"
 	@echo "  export PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) PGHA_STORE_INSECURE=true"
 	@echo "  $(VENV)/bin/pghactl status"

@@ -134,12 +134,19 @@ def keeper_components(instances, settings):
     instances: ``[{uid, pg_port, api_port, can_be_master?}]``
     settings:  venv_dir, data_root, pg_bin_path, pg_listen_address, pg_advertise_address,
                api_listen_address, su_username, su_password_file, repl_username, repl_password_file,
-               can_be_master, extra_args, environment
+               can_be_master, extra_args, environment; optional ``app_username``, ``app_password_file``,
+               ``app_database`` (the applications' role) and ``tls_cert_file``, ``tls_key_file``,
+               ``tls_ca_file`` (PostgreSQL's TLS; pgha-keeper's --pg-* flags of those names; absent or
+               empty: none)
     """
     s = _need(settings, "keeper", ["venv_dir", "data_root", "pg_bin_path", "pg_listen_address",
                                    "pg_advertise_address", "api_listen_address", "su_username",
                                    "su_password_file", "repl_username", "repl_password_file", "can_be_master",
                                    "extra_args", "environment"])
+    optional = []
+    for key in ("app_username", "app_password_file", "app_database", "tls_cert_file", "tls_key_file", "tls_ca_file"):
+        if s.get(key):
+            optional += ["--pg-" + key.replace("_", "-"), str(s[key])]
     out = []
     for k in instances:
         uid, pg_port, api_port = k["uid"], int(k["pg_port"]), int(k["api_port"])
@@ -165,7 +172,7 @@ def keeper_components(instances, settings):
                 "--api-listen-address", s["api_listen_address"],
                 "--api-port", str(api_port),
                 "--can-be-master", "true" if _bool(can_be_master) else "false",
-            ] + _list(s["extra_args"], "keeper_extra_args"),
+            ] + optional + _list(s["extra_args"], "keeper_extra_args"),
             "environment": s["environment"],
             "ports": [
                 {"name": "pg", "port": pg_port, "address": s["pg_listen_address"],

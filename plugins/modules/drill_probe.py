@@ -32,7 +32,7 @@ options:
     choices: [started, stopped]
     default: started
   dsn:
-    description: libpq connection string without the password, e.g. C(host=127.0.0.1 port=25432 user=postgres dbname=postgres).
+    description: libpq connection string without the password, e.g. C(host=127.0.0.1 port=25432 user=app dbname=app sslmode=require).
     type: str
   password:
     description: Password for O(dsn).
@@ -60,8 +60,8 @@ options:
 EXAMPLES = r"""
 - name: Start the workload
   pgha.cluster.drill_probe:
-    dsn: host=127.0.0.1 port=25432 user=postgres dbname=postgres
-    password: "{{ lookup('ansible.builtin.file', '/opt/pgha/main/secrets/pg_su_password') }}"
+    dsn: host=127.0.0.1 port=25432 user=app dbname=app sslmode=require
+    password: "{{ lookup('ansible.builtin.file', '/opt/pgha/main/secrets/pg_app_password') }}"
     table: drill_1
     events: /tmp/drill_1.events
   register: probe

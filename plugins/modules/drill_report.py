@@ -114,7 +114,7 @@ EXAMPLES = r"""
     events: /tmp/drill_1.events
     markers: {kill: "{{ crash.at }}"}
     transition: "{{ after.cluster.last_transition }}"
-    dsn: host=127.0.0.1 port=25432 user=postgres dbname=postgres
+    dsn: host=127.0.0.1 port=25432 user=app dbname=app sslmode=require
     password: "{{ su_password }}"
     table: drill_1
     report_json: /tmp/drill_1.json

@@ -72,7 +72,9 @@ EXAMPLES = r"""
     port: 25432
     ro_port: 25433
     require_replica: true
-    password_file: /opt/pgha/main/secrets/pg_su_password
+    user: app
+    database: app
+    password_file: /opt/pgha/main/secrets/pg_app_password
   register: pgha_proxy
   until: pgha_proxy is succeeded
   retries: 20

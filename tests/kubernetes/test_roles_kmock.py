@@ -44,7 +44,7 @@ def test_the_passwords_are_generated_kept_and_never_logged(site: dict[str, Any],
     import base64
     data = by(applied, "Secret", "main-credentials")["data"]
     passwords = {k: base64.b64decode(v).decode() for k, v in data.items()}
-    assert sorted(passwords) == ["pg_repl_password", "pg_su_password"]
+    assert sorted(passwords) == ["pg_app_password", "pg_repl_password", "pg_su_password"]
     assert all(len(p) == 32 for p in passwords.values())
     # the rerun kept them
     rerun = [o for k, o in site["rerun"]["objects"].items() if k[1] == "Secret"][0]

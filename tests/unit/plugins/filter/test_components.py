@@ -67,6 +67,18 @@ def test_keeper_command_line_and_per_keeper_can_be_master():
         c.keeper_components([{"uid": "k", "pg_port": 1, "api_port": 2}], dict(KEEPER, can_be_master="maybe"))
 
 
+def test_keeper_application_role_and_tls_flags_only_when_set():
+    out = c.keeper_components([{"uid": "k1", "pg_port": 5433, "api_port": 8433}], dict(
+        KEEPER, app_username="app", app_password_file="/s/app", app_database="", tls_cert_file="/t/host.crt",
+        tls_key_file="/t/host.key", tls_ca_file="/t/ca.crt"))
+    args = out[0]["args"]
+    assert args[args.index("--can-be-master") + 2:-2] == [
+        "--pg-app-username", "app", "--pg-app-password-file", "/s/app", "--pg-tls-cert-file", "/t/host.crt",
+        "--pg-tls-key-file", "/t/host.key", "--pg-tls-ca-file", "/t/ca.crt"]
+    plain = c.keeper_components([{"uid": "k1", "pg_port": 5433, "api_port": 8433}], dict(KEEPER, tls_cert_file=""))
+    assert not [a for a in plain[0]["args"] if a.startswith(("--pg-app", "--pg-tls"))]
+
+
 def test_missing_inputs_are_named():
     with pytest.raises(AnsibleFilterError, match="settings lack extra_args, environment"):
         c.sentinel_components([{"uid": "s"}], {"venv_dir": "/v"})

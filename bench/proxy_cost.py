@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 from common import harness, load, prepare, share_proxy_ports, tmp_dir, write_result  # noqa: E402
 
 PGBENCH = os.path.join(harness.PG_BIN, "pgbench")
+SSLMODE = "require"  # the clients' (--sslmode)
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 HAPROXY_CFG = """\
@@ -122,12 +123,12 @@ def pgbench(port: int, password: str, workload: str, clients: int, duration: int
     """One pgbench run; TPS from its report, latencies (ms) from its per-transaction log."""
     for f in log_dir.glob("tx*"):
         f.unlink()
-    argv = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n", "-c", str(clients),
+    argv = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "app", "-n", "-c", str(clients),
             "-j", str(min(clients, 2)), "-T", str(duration), "--log", f"--log-prefix={log_dir / 'tx'}"]
     if workload == "select":
         argv.append("-S")
-    argv.append("postgres")
-    env = {**os.environ, "PGPASSWORD": password}
+    argv.append("app")
+    env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": SSLMODE}
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 120, cwd=log_dir)
     if res.returncode != 0:
         raise RuntimeError(f"pgbench failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
@@ -166,6 +167,9 @@ def main() -> int:
                    help="pgha-proxy --event-loop (empty: the proxy's default; an old proxy has no such flag)")
     p.add_argument("--syscalls", action="store_true",
                    help="also count each proxy's system calls per transaction (strace -c, a separate short run)")
+    p.add_argument("--sslmode", default="require", choices=("require", "disable"),
+                   help="the clients' libpq sslmode (require: TLS to PostgreSQL, which the proxy and HAProxy pass "
+                        "through; disable: a cluster without TLS)")
     p.add_argument("--label", default="", help="free text stored in the result (e.g. 'before', 'after')")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
@@ -178,7 +182,10 @@ def main() -> int:
     # path "pgha-proxy-x2": two pgha-proxy processes sharing their ports (--reuse-port), the kernel
     # spreading connections over them, as HAProxy spreads them over its threads (one per CPU)
     extra = (["asyncio"] if "pgha-proxy-asyncio" in paths else []) + (["x2a", "x2b"] if "pgha-proxy-x2" in paths else [])
-    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1 + len(extra))
+    global SSLMODE
+    SSLMODE = args.sslmode
+    cluster = harness.PghaCluster(base / "c", keepers=1, sentinels=1, proxies=1 + len(extra),
+                                  pg_tls=args.sslmode != "disable")
     name = {kind: f"proxy{i + 1}" for i, kind in enumerate(extra)}
     # each pgha path and the pgha-proxy processes behind it (the first one's port is the path's)
     proxy_paths = {"pgha-proxy": ["proxy0"]}
@@ -208,20 +215,21 @@ def main() -> int:
             ports[path] = cluster.proxy_port[uids[0]]
             pids[path] = [cluster.proxies[uid].proc.pid for uid in uids]
         init = subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", "127.0.0.1", "-p", str(pg_port),
-                               "-U", "postgres", "postgres"], env={**os.environ, "PGPASSWORD": cluster.su_password},
+                               "-U", "app", "app"], env={**os.environ, "PGPASSWORD": cluster.app_password,
+                                                         "PGSSLMODE": SSLMODE},
                               capture_output=True, text=True, timeout=600)
         if init.returncode != 0:
             raise RuntimeError(f"pgbench -i failed:\n{init.stderr}")
         log_dir = base / "pgbench"
         log_dir.mkdir()
-        pgbench(pg_port, cluster.su_password, "select", 2, min(3, args.duration), log_dir)  # warm-up, not kept
+        pgbench(pg_port, cluster.app_password, "select", 2, min(3, args.duration), log_dir)  # warm-up, not kept
         for workload in args.workloads.split(","):
             for clients in [int(c) for c in args.clients.split(",")]:
                 runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
                 for rnd in range(args.rounds):
                     for path in rotated(paths, rnd):
                         before = cpu_seconds(pids[path]) if path in pids else None
-                        r = pgbench(ports[path], cluster.su_password, workload, clients, args.duration, log_dir)
+                        r = pgbench(ports[path], cluster.app_password, workload, clients, args.duration, log_dir)
                         if before is not None and r["transactions"]:
                             used = cpu_seconds(pids[path]) - before
                             r["proxy_cpu_us_per_tx"] = round(1e6 * used / r["transactions"], 1)
@@ -249,7 +257,7 @@ def main() -> int:
         elif args.syscalls:
             for path in paths:
                 if path in pids:
-                    syscalls[path] = syscalls_per_tx(ports[path], pids[path], cluster.su_password, log_dir)
+                    syscalls[path] = syscalls_per_tx(ports[path], pids[path], cluster.app_password, log_dir)
                     print(f"system calls per transaction, {path}: {syscalls[path]}", flush=True)
         cluster.check_logs()
     finally:
@@ -287,7 +295,7 @@ def main() -> int:
     target_paired = cell.get(f"{target_path}/haproxy_paired_median")
     haproxy_version = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
     write_result("proxy-cost", {
-        "label": args.label, "proxy_event_loop": args.proxy_event_loop or "proxy default", "duration_s": args.duration, "rounds": args.rounds, "scale": args.scale,
+        "label": args.label, "sslmode": args.sslmode, "proxy_event_loop": args.proxy_event_loop or "proxy default", "duration_s": args.duration, "rounds": args.rounds, "scale": args.scale,
         "pgbench_threads": "min(clients, 2)", "haproxy": haproxy_version, "haproxy_config": HAPROXY_CFG,
         "load_before": load_before, "load_after": load(),
         "path_order": "rotated by one place each round, after an untimed warm-up run",

@@ -1,0 +1,71 @@
+"""What the keeper writes for PostgreSQL: pg_hba.conf rules, TLS parameters and the conninfo of its
+connections to other members (pure: no PostgreSQL runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pgha.keeper.actions import Actions
+from pgha.keeper.pg import PgConfig, Postgres
+from pgha.spec import default, normalize
+
+
+def actions(tmp_path: Path, tls: bool, spec: dict | None = None) -> Actions:
+    a = Actions()
+    a.args = SimpleNamespace(pg_su_username="postgres", pg_repl_username="repl", pg_listen_address="0.0.0.0",
+                             pg_port=5432)
+    a.uid = "k1"
+    a.spec = normalize(spec) if spec else default()
+    files = {"tls_cert_file": "/t/host.crt", "tls_key_file": "/t/host.key", "tls_ca_file": "/t/ca.crt"} if tls else {}
+    a.pg = Postgres(PgConfig(bin_path="/pg", data_dir=tmp_path, listen_address="0.0.0.0", port=5432,
+                             su_username="postgres", su_password="s", repl_username="repl", repl_password="r",
+                             **files))
+    a.primary_minimums = {}
+    return a
+
+
+def rules(lines: list[str]) -> list[list[str]]:
+    return [line.split() for line in lines if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_the_superuser_never_logs_in_over_tcp_and_the_replication_role_only_where_it_must(tmp_path, tls) -> None:
+    tcp = "hostssl" if tls else "host"
+    got = rules(actions(tmp_path, tls).pg_hba())
+    assert got[:2] == [["local", "all", "all", "trust"], ["local", "replication", "all", "trust"]]
+    tcp_rules = got[2:]
+    # the first TCP rule that can match a superuser login rejects it, whatever the spec adds later
+    for db in ("postgres", "app"):
+        first = next(r for r in tcp_rules if r[1] in (db, "all") and r[2] in ("postgres", "all"))
+        assert first[0] == "host" and first[-1] == "reject", first
+    first = next(r for r in tcp_rules if r[1] in ("app", "all") and r[2] in ("repl", "all"))
+    assert first[-1] == "reject"
+    assert [tcp, "replication", "repl", "0.0.0.0/0", "scram-sha-256"] in tcp_rules
+    assert [tcp, "postgres", "repl", "0.0.0.0/0", "scram-sha-256"] in tcp_rules  # pg_rewind
+    assert tcp_rules[-2:] == [[tcp, "all", "all", "0.0.0.0/0", "scram-sha-256"], [tcp, "all", "all", "::/0", "scram-sha-256"]]
+    assert not [r for r in tcp_rules if r[-1] != "reject" and r[0] != tcp]
+
+
+def test_the_specs_rules_come_after_the_superusers_rejection(tmp_path) -> None:
+    got = actions(tmp_path, True, {"pg_hba": ["hostssl all all 10.0.0.0/8 scram-sha-256"]}).pg_hba()
+    assert got[-1] == "hostssl all all 10.0.0.0/8 scram-sha-256"
+    assert got.index("host all postgres 0.0.0.0/0 reject") < len(got) - 1
+    assert "hostssl all all 0.0.0.0/0 scram-sha-256" not in got  # the spec's replace the default
+
+
+def test_tls_parameters_and_verified_connections_to_members(tmp_path) -> None:
+    a = actions(tmp_path, True)
+    params = a.pg_parameters(True, None)
+    assert (params["ssl"], params["ssl_cert_file"], params["ssl_key_file"]) == ("on", "/t/host.crt", "/t/host.key")
+    info = dict(kv.split("=", 1) for kv in a.conninfo("10.0.0.2:5433").split())
+    assert info["sslmode"] == "verify-full" and info["sslrootcert"] == "/t/ca.crt"
+    assert (info["host"], info["port"], info["user"]) == ("10.0.0.2", "5433", "repl")
+    assert "password" not in info and info["passfile"] == str(tmp_path / "pgpass")
+    # no client certificate: a path that does not exist (libpq would otherwise read $HOME/.postgresql)
+    assert not Path(info["sslcert"]).exists()
+    plain = actions(tmp_path, False)
+    assert "ssl" not in plain.pg_parameters(True, None)
+    assert "sslmode=disable" in plain.conninfo("10.0.0.2:5433")

@@ -114,7 +114,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_system(system: str, drills: list[str], rounds: int, results: list[dict[str, Any]],
-               proxy_workers: int = 2) -> dict[str, Any]:
+               proxy_workers: int = 2, secure_store: bool = False, pg_tls: bool = True) -> dict[str, Any]:
     """All drills of one system on a fresh cluster; appends to ``results``; returns facts about the system."""
     base = tmp_dir("pgha-bench-failover-")
     facts: dict[str, Any] = {"load_before": load()}
@@ -130,11 +130,12 @@ def run_system(system: str, drills: list[str], rounds: int, results: list[dict[s
         else:
             mode = system.split("-", 1)[1]
             cluster = harness.PghaCluster(base / "c", spec={"synchronous_replication": mode == "sync"},
-                                          proxies=proxy_workers)
+                                          proxies=proxy_workers, secure_store=secure_store, pg_tls=pg_tls)
             if proxy_workers > 1:
                 share_proxy_ports(cluster, [f"proxy{i}" for i in range(proxy_workers)])
             facts.update(spec={"synchronous_replication": mode == "sync"}, note="other spec keys at their defaults",
-                         proxy_workers=proxy_workers)
+                         proxy_workers=proxy_workers, pg_tls=pg_tls,
+                         store="https, client certificates, etcd users" if secure_store else "plain http")
             run_drill = drill
         try:
             cluster.start()
@@ -172,6 +173,9 @@ def main() -> int:
     p.add_argument("--proxy-workers", type=int, default=2,
                    help="pgha-proxy processes sharing the proxy's ports (--reuse-port), as the proxy role's "
                         "proxy_workers (default 2); the probe connects to their shared port")
+    p.add_argument("--secure-store", action="store_true",
+                   help="pgha on an etcd with TLS, client certificates and a user per component (pgha_store_tls)")
+    p.add_argument("--no-pg-tls", action="store_true", help="pgha's PostgreSQL without TLS (the harness default is on)")
     p.add_argument("--output", default=str(HERE / "results"))
     args = p.parse_args()
     if args.proxy_workers < 1:
@@ -189,7 +193,8 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     facts: dict[str, Any] = {}
     for system in systems:
-        facts[system] = run_system(system, args.drills.split(","), args.rounds, results, args.proxy_workers)
+        facts[system] = run_system(system, args.drills.split(","), args.rounds, results, args.proxy_workers,
+                                   args.secure_store, not args.no_pg_tls)
     summary = summarize(results)
     print()
     print(f"{'system/drill':28} {'n':>3} {'median s':>9} {'worst s':>8} {'best s':>7} {'lost':>5}")

@@ -15,7 +15,7 @@ import pytest
 
 import harness
 from pgha import spec as specmod
-from pgha.model import ClusterData, Command, FormatError, KeeperStatus, ProxyStatus
+from pgha.model import ClusterData, Command, FormatError, KeeperStatus, ProxyStatus, SentinelStatus
 
 AGENTS = ("pgha-keeper", "pgha-sentinel", "pgha-proxy", "pghactl")
 
@@ -156,6 +156,30 @@ def test_unknown_or_malformed_documents_are_refused(raw: bytes) -> None:
         ClusterData.loads(raw)
     with pytest.raises(FormatError):
         KeeperStatus.loads(raw)
+
+
+@pytest.mark.parametrize(("fields", "fragment"), [
+    ({"lsn": "a lot"}, "lsn: expected int, got str"),
+    ({"healthy": "yes"}, "healthy: expected bool, got str"),
+    ({"pid": True}, "pid: expected int, got bool"),
+    ({"uid": 7}, "uid: expected str, got int"),
+    ({"address": ["10.0.0.1:5432"]}, "address: expected str"),
+    ({"synchronous_standbys": "k1"}, "synchronous_standbys: expected list"),
+    ({"synchronous_standbys": [1]}, "expected a list of strings"),
+    ({"replication": [{"name": "k2", "flush_lsn": "x"}]}, "flush_lsn: expected int"),
+    ({"replication": ["k2"]}, "replication: expected a list of objects"),
+    ({"error": "x" * 5000}, "error: longer than 4096"),
+    ({"reported_at": "now"}, "reported_at: expected float"),
+])
+def test_status_documents_with_fields_of_the_wrong_type_are_refused(fields: dict, fragment: str) -> None:
+    good = {"format_version": 1, "uid": "k1", "lsn": 5, "healthy": True, "reported_at": 1, "replication": []}
+    assert KeeperStatus.loads(json.dumps(good)).reported_at == 1.0  # an integer time is a time
+    with pytest.raises(FormatError, match=fragment):
+        KeeperStatus.loads(json.dumps(good | fields))
+    with pytest.raises(FormatError, match="generation: expected int"):
+        ProxyStatus.loads(json.dumps({"format_version": 1, "uid": "p", "generation": "7"}))
+    with pytest.raises(FormatError, match="sentinel status: malformed"):
+        SentinelStatus.loads(json.dumps({"format_version": 1, "uid": "s", "reported_at": "x"}))
 
 
 def _cd_doc(spec: object) -> bytes:
@@ -371,6 +395,10 @@ def test_malformed_commands_and_cluster_data_specs_stop_no_agent(cluster_factory
                    and s["cluster"]["transition"] is None, timeout=20, interval=0.2,
                    what="a failover despite the forged and unreadable documents")
         print(f"failover {time.monotonic() - killed:.2f} s after the kill, with the hostile documents in the store")
+        ignored = c.status()["ignored"]  # pghactl believes what the sentinel believes, and says what it does not
+        assert {"keepers/forged", "keepers/junk", "keepers/future", "keepers/typed", "proxies/junk",
+                "proxies/big", "proxies/forged", "sentinels/junk"} <= set(ignored), ignored
+        assert "healthy: expected bool" in ignored["keepers/typed"]
         assert all(a.is_running() for a in c.sentinels.values()), c.logs_tail()
         assert "Traceback" not in "".join(a.log_text() for a in c.agents.values())
     finally:

@@ -26,6 +26,7 @@ from pgha.model import (
     KeeperStatus,
     ProxyStatus,
     SentinelStatus,
+    check_status_key,
     dumps,
     int_to_lsn,
     keys,
@@ -112,25 +113,32 @@ class Ctl:
         statuses: dict[str, KeeperStatus] = {}
         sentinels: dict[str, SentinelStatus] = {}
         proxies: list[ProxyStatus] = []
+        ignored: dict[str, str] = {}  # status documents no agent believes, and why
         leader = None
         for kv in kvs:
             name = kv.key[len(self.keys.base):]
             try:
                 if name == "clusterdata":
                     cd = ClusterData.loads(kv.value)
-                elif name.startswith("keepers/"):
+                elif name.startswith("keepers/"):  # believed as the sentinel believes them (check_status_key)
                     st = KeeperStatus.loads(kv.value)
+                    check_status_key(name, st.uid, kv.lease)
                     statuses[st.uid] = st
                 elif name.startswith("sentinels/"):
                     sst = SentinelStatus.loads(kv.value)
+                    check_status_key(name, sst.uid, kv.lease)
                     sentinels[sst.uid] = sst
                 elif name.startswith("proxies/"):
-                    proxies.append(ProxyStatus.loads(kv.value))
+                    pst = ProxyStatus.loads(kv.value)
+                    check_status_key(name, pst.uid, kv.lease)
+                    proxies.append(pst)
                 elif name == "sentinel-leader":
                     leader = kv.value.decode()
             except FormatError as exc:
                 if name == "clusterdata":
                     raise CtlError(str(exc)) from None
+                if name.startswith(("keepers/", "sentinels/", "proxies/")):
+                    ignored[name] = str(exc)
         spec = self.get_spec()
         primary = cd.primary if cd else None
         primary_lsn = statuses[primary].lsn if primary in statuses and statuses[primary].role == ROLE_PRIMARY \
@@ -159,6 +167,7 @@ class Ctl:
             "proxies": [{"uid": p.uid, "address": p.address, "ro_address": p.ro_address, "target": p.target,
                          "listening": p.listening, "generation": p.generation}
                         for p in sorted(proxies, key=lambda p: p.uid)],
+            "ignored": ignored,
         }
 
     # ------------------------------------------------------------------ writing
@@ -333,6 +342,8 @@ def _text_status(st: dict[str, Any]) -> str:
                                             for s in st["sentinels"]) or "none"))
     lines.append("proxies:   " + (", ".join(f"{p['uid']} {p['address']} -> {p['target'] or 'nowhere'}"
                                             for p in st["proxies"]) or "none"))
+    for key, why in sorted(st.get("ignored", {}).items()):
+        lines.append(f"ignored:   {key}: {why}")
     return "\n".join(lines)
 
 

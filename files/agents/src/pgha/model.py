@@ -286,6 +286,60 @@ class ClusterData(Document):
 # Status documents (each agent writes its own, under its own lease)
 
 
+class _Fields:
+    """Typed reads of a document's fields; TypeError naming the field when one has the wrong type
+    (no coercion: "yes" is not a boolean, "a lot" not an LSN). Anyone who can write the store can
+    write a status document."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.d = d
+
+    @staticmethod
+    def _typed(typ: type, name: str, value: Any) -> Any:
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+            raise TypeError(f"{name}: expected {typ.__name__}, got {type(value).__name__}")
+        if typ is str and len(value) > MAX_STATUS_STRING:
+            raise ValueError(f"{name}: longer than {MAX_STATUS_STRING} characters")
+        return value
+
+    def req(self, typ: type, name: str) -> Any:
+        if name not in self.d:
+            raise KeyError(name)
+        return self._typed(typ, name, self.d[name])
+
+    def get(self, typ: type, name: str, default: Any) -> Any:
+        value = self.d.get(name)
+        return default if value is None else self._typed(typ, name, value)
+
+    def opt(self, typ: type, name: str) -> Any:
+        value = self.d.get(name)
+        return None if value is None else self._typed(typ, name, value)
+
+
+MAX_STATUS_STRING = 4096  # an error message, a data directory: nothing an agent writes is longer
+
+
+def _replication(r: Any) -> "Replication":
+    if not isinstance(r, dict):
+        raise TypeError("replication: expected a list of objects")
+    f = _Fields(r)
+    return Replication(name=f.req(str, "name"), state=f.get(str, "state", ""), sync_state=f.get(str, "sync_state", ""),
+                       flush_lsn=f.opt(int, "flush_lsn"))
+
+
+def check_status_key(name: str, uid: str, lease: int) -> None:
+    """A status document counts only under the key of the uid it names (``name``: its key below the
+    cluster's, ``keepers/<uid>``) and attached to a lease: each agent writes its own under its own
+    lease, so anything else was written by hand (or forged), and believing it could hold up a
+    failover for ever. Raises FormatError."""
+    if name.split("/", 1)[1] != uid:
+        raise FormatError(f"the document names {uid!r}, not the uid of its key")
+    if not lease:
+        raise FormatError("not attached to a lease (every agent writes its status under its own lease)")
+
+
 @dataclass(frozen=True)
 class Replication:
     """One row of the primary's pg_stat_replication, as the keeper reports it."""
@@ -330,38 +384,41 @@ class KeeperStatus(Document):
     def from_dict(d: dict[str, Any]) -> "KeeperStatus":
         _check_version(d, "keeper status")
         try:
-            ss = d.get("synchronous_standbys")
+            f = _Fields(d)
+            ss = f.opt(list, "synchronous_standbys")
+            if ss is not None and not all(isinstance(m, str) for m in ss):
+                raise TypeError("synchronous_standbys: expected a list of strings")
             return KeeperStatus(
-                uid=str(d["uid"]),
-                cluster_uid=d.get("cluster_uid"),
-                boot_id=str(d.get("boot_id", "")),
-                address=str(d.get("address", "")),
-                api_address=str(d.get("api_address", "")),
-                host=str(d.get("host", "")),
-                data_dir=str(d.get("data_dir", "")),
-                pid=int(d.get("pid", 0)),
-                can_be_master=bool(d.get("can_be_master", True)),
-                pg_running=bool(d.get("pg_running", False)),
-                healthy=bool(d.get("healthy", False)),
-                role=str(d.get("role", ROLE_NONE)),
-                system_id=d.get("system_id"),
-                timeline=d.get("timeline"),
-                lsn=d.get("lsn"),
-                replay_lsn=d.get("replay_lsn"),
-                streaming_from=d.get("streaming_from"),
+                uid=f.req(str, "uid"),
+                cluster_uid=f.opt(str, "cluster_uid"),
+                boot_id=f.get(str, "boot_id", ""),
+                address=f.get(str, "address", ""),
+                api_address=f.get(str, "api_address", ""),
+                host=f.get(str, "host", ""),
+                data_dir=f.get(str, "data_dir", ""),
+                pid=f.get(int, "pid", 0),
+                can_be_master=f.get(bool, "can_be_master", True),
+                pg_running=f.get(bool, "pg_running", False),
+                healthy=f.get(bool, "healthy", False),
+                role=f.get(str, "role", ROLE_NONE),
+                system_id=f.opt(str, "system_id"),
+                timeline=f.opt(int, "timeline"),
+                lsn=f.opt(int, "lsn"),
+                replay_lsn=f.opt(int, "replay_lsn"),
+                streaming_from=f.opt(str, "streaming_from"),
                 synchronous_standbys=tuple(ss) if ss is not None else None,
-                replication=tuple(Replication(**r) for r in d.get("replication", ())),
-                final_lsn=d.get("final_lsn"),
-                pending_restart=bool(d.get("pending_restart", False)),
-                pg_version=str(d.get("pg_version", "")),
-                phase=str(d.get("phase", "")),
-                error=str(d.get("error", "")),
-                reported_at=float(d.get("reported_at", 0.0)),
-                desired_role=str(d.get("desired_role", "")),
-                lease_ttl=int(d.get("lease_ttl", 0)),
+                replication=tuple(_replication(r) for r in f.get(list, "replication", [])),
+                final_lsn=f.opt(int, "final_lsn"),
+                pending_restart=f.get(bool, "pending_restart", False),
+                pg_version=f.get(str, "pg_version", ""),
+                phase=f.get(str, "phase", ""),
+                error=f.get(str, "error", ""),
+                reported_at=f.get(float, "reported_at", 0.0),
+                desired_role=f.get(str, "desired_role", ""),
+                lease_ttl=f.get(int, "lease_ttl", 0),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"keeper status: malformed ({exc!r})") from None
+            raise FormatError(f"keeper status: malformed ({exc})") from None
 
     @staticmethod
     def loads(raw: bytes | str) -> "KeeperStatus":
@@ -383,18 +440,19 @@ class ProxyStatus(Document):
     def loads(raw: bytes | str) -> "ProxyStatus":
         d = loads(raw, "proxy status")
         try:
+            f = _Fields(d)
             return ProxyStatus(
-                uid=str(d["uid"]),
-                address=str(d.get("address", "")),
-                ro_address=str(d.get("ro_address", "")),
-                api_address=str(d.get("api_address", "")),
-                generation=int(d.get("generation", -1)),
-                target=d.get("target"),
-                listening=bool(d.get("listening", False)),
-                reported_at=float(d.get("reported_at", 0.0)),
+                uid=f.req(str, "uid"),
+                address=f.get(str, "address", ""),
+                ro_address=f.get(str, "ro_address", ""),
+                api_address=f.get(str, "api_address", ""),
+                generation=f.get(int, "generation", -1),
+                target=f.opt(str, "target"),
+                listening=f.get(bool, "listening", False),
+                reported_at=f.get(float, "reported_at", 0.0),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"proxy status: malformed ({exc!r})") from None
+            raise FormatError(f"proxy status: malformed ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -410,8 +468,12 @@ class SentinelStatus:
     @staticmethod
     def loads(raw: bytes | str) -> "SentinelStatus":
         d = loads(raw, "sentinel status")
-        return SentinelStatus(uid=str(d.get("uid", "")), reported_at=float(d.get("reported_at", 0.0)),
-                              host=str(d.get("host", "")))
+        try:
+            f = _Fields(d)
+            return SentinelStatus(uid=f.req(str, "uid"), reported_at=f.get(float, "reported_at", 0.0),
+                                  host=f.get(str, "host", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"sentinel status: malformed ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------

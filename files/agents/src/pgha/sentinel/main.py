@@ -34,6 +34,7 @@ from pgha.model import (
     Keys,
     ProxyStatus,
     SentinelStatus,
+    check_status_key,
     keys,
     loads,
 )
@@ -66,16 +67,6 @@ def read_spec(raw: bytes) -> tuple[Spec, str]:
         return normalize(doc.get("spec")), str(doc["uid"])
     except (SpecError, KeyError) as exc:
         raise FormatError(f"spec: {exc}") from None
-
-
-def _check_status_key(name: str, uid: str, lease: int) -> None:
-    """A status document counts only under the key of the uid it names and attached to a lease:
-    each agent writes its own under its own lease, so anything else was written by hand (or forged),
-    and believing it could hold up a failover for ever."""
-    if name.split("/", 1)[1] != uid:
-        raise FormatError(f"the document names {uid!r}, not the uid of its key")
-    if not lease:
-        raise FormatError("not attached to a lease (every agent writes its status under its own lease)")
 
 
 class Sentinel:
@@ -168,12 +159,12 @@ class Sentinel:
                     cd = ClusterData.loads(kv.value)
                 elif name.startswith("keepers/"):
                     st = KeeperStatus.loads(kv.value)
-                    _check_status_key(name, st.uid, kv.lease)
+                    check_status_key(name, st.uid, kv.lease)
                     keepers[st.uid] = st
                     keeper_leases[st.uid] = kv.lease
                 elif name.startswith("proxies/"):
                     p = ProxyStatus.loads(kv.value)
-                    _check_status_key(name, p.uid, kv.lease)
+                    check_status_key(name, p.uid, kv.lease)
                     proxies[p.uid] = p
                 elif name.startswith("commands/"):
                     cmd = Command.loads(name[len("commands/"):], kv.value)

@@ -162,6 +162,10 @@ class Actions:
             c.close()
 
     def reconcile_primary(self, want: KeeperSpec | None) -> None:
+        # the slots first: a synchronous standby needs its slot to stream, and nothing commits on a
+        # synchronous primary before one streams
+        for change in self.pg.reconcile_slots(self.wanted_slots()):
+            logger.info("%s", change)
         if not self.roles_ensured:  # once per keeper process: passwords read at start, grants added by upgrades
             try:
                 for made in self.pg.create_roles():
@@ -169,8 +173,6 @@ class Actions:
                 self.roles_ensured = True
             except psycopg2.Error as exc:
                 logger.warning("cannot create or update the roles (trying again): %s", str(exc).strip())
-        for change in self.pg.reconcile_slots(self.wanted_slots()):
-            logger.info("%s", change)
 
     def do_wait(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
         if not self.pg.running():

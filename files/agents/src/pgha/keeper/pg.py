@@ -378,7 +378,17 @@ class Postgres:
     def create_roles(self) -> list[str]:
         """Create or update (passwords, grants) the replication role and the application role and
         database; on the primary. Returns what was created."""
-        made = []
+        made: list[str] = []
+        # committed without waiting for a synchronous standby (this runs right after a promotion, before
+        # the standbys stream); idempotent, so a change lost with this primary is made again by the next
+        self.query("SET synchronous_commit TO local")
+        try:
+            self._create_roles(made)
+        finally:
+            self.query("RESET synchronous_commit")
+        return made
+
+    def _create_roles(self, made: list[str]) -> None:
         cfg = self.cfg
         if cfg.repl_username != cfg.su_username:
             self._ensure_login(cfg.repl_username, cfg.repl_password, "REPLICATION NOSUPERUSER")
@@ -392,7 +402,6 @@ class Postgres:
             if not self.query("SELECT 1 FROM pg_database WHERE datname = %s", (database,)):
                 self.query(f'CREATE DATABASE "{database}" OWNER "{cfg.app_username}"')
                 made.append(f"database {database} owned by {cfg.app_username}")
-        return made
 
     def basebackup(self, host: str, port: int, slot: str | None) -> None:
         """Clone from ``host:port`` into a fresh directory, then swap it in: the old data is kept

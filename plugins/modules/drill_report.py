@@ -115,7 +115,7 @@ EXAMPLES = r"""
     markers: {kill: "{{ crash.at }}"}
     transition: "{{ after.cluster.last_transition }}"
     dsn: host=127.0.0.1 port=25432 user=app dbname=app sslmode=require
-    password: "{{ su_password }}"
+    password: "{{ app_password }}"
     table: drill_1
     report_json: /tmp/drill_1.json
     report_png: /tmp/drill_1.png

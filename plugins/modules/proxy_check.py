@@ -41,22 +41,22 @@ options:
     default: false
   user:
     description:
-      - PostgreSQL user to connect as.
+      - PostgreSQL user to connect as (the keepers refuse the superuser over TCP).
     type: str
-    default: postgres
+    default: app
   password:
     description:
       - Password of O(user). Mutually exclusive with O(password_file).
     type: str
   password_file:
     description:
-      - File holding the password of O(user), for example the keeper's superuser password file.
+      - File holding the password of O(user), for example the application role's password file.
     type: path
   database:
     description:
       - Database to connect to.
     type: str
-    default: postgres
+    default: app
   connect_timeout:
     description:
       - Seconds before a connection attempt fails.
@@ -72,8 +72,6 @@ EXAMPLES = r"""
     port: 25432
     ro_port: 25433
     require_replica: true
-    user: app
-    database: app
     password_file: /opt/pgha/main/secrets/pg_app_password
   register: pgha_proxy
   until: pgha_proxy is succeeded
@@ -138,10 +136,10 @@ def main():
             port=dict(type="int", required=True),
             ro_port=dict(type="int"),
             require_replica=dict(type="bool", default=False),
-            user=dict(type="str", default="postgres"),
+            user=dict(type="str", default="app"),
             password=dict(type="str", no_log=True),
             password_file=dict(type="path", no_log=False),  # a path, not a secret
-            database=dict(type="str", default="postgres"),
+            database=dict(type="str", default="app"),
             connect_timeout=dict(type="int", default=5),
         ),
         mutually_exclusive=[("password", "password_file")],

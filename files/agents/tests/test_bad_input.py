@@ -170,6 +170,7 @@ def test_unknown_or_malformed_documents_are_refused(raw: bytes) -> None:
     ({"replication": ["k2"]}, "replication: expected a list of objects"),
     ({"error": "x" * 5000}, "error: longer than 4096"),
     ({"reported_at": "now"}, "reported_at: expected float"),
+    ({"reported_at": float("inf")}, "reported_at: not a finite number"),  # json.loads takes Infinity
 ])
 def test_status_documents_with_fields_of_the_wrong_type_are_refused(fields: dict, fragment: str) -> None:
     good = {"format_version": 1, "uid": "k1", "lsn": 5, "healthy": True, "reported_at": 1, "replication": []}

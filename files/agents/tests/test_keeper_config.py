@@ -24,6 +24,7 @@ def actions(tmp_path: Path, tls: bool, spec: dict | None = None) -> Actions:
                              su_username="postgres", su_password="s", repl_username="repl", repl_password="r",
                              **files))
     a.primary_minimums = {}
+    a._hba_dropped = set()
     return a
 
 
@@ -43,17 +44,26 @@ def test_the_superuser_never_logs_in_over_tcp_and_the_replication_role_only_wher
         assert first[0] == "host" and first[-1] == "reject", first
     first = next(r for r in tcp_rules if r[1] in ("app", "all") and r[2] in ("repl", "all"))
     assert first[-1] == "reject"
+    # nor does it replicate over TCP ("all" does not cover replication), whatever the spec adds later
+    first = next(r for r in tcp_rules if r[1] == "replication" and r[2] in ("postgres", "all"))
+    assert first[0] == "host" and first[-1] == "reject", first
     assert [tcp, "replication", "repl", "0.0.0.0/0", "scram-sha-256"] in tcp_rules
     assert [tcp, "postgres", "repl", "0.0.0.0/0", "scram-sha-256"] in tcp_rules  # pg_rewind
     assert tcp_rules[-2:] == [[tcp, "all", "all", "0.0.0.0/0", "scram-sha-256"], [tcp, "all", "all", "::/0", "scram-sha-256"]]
     assert not [r for r in tcp_rules if r[-1] != "reject" and r[0] != tcp]
 
 
-def test_the_specs_rules_come_after_the_superusers_rejection(tmp_path) -> None:
-    got = actions(tmp_path, True, {"pg_hba": ["hostssl all all 10.0.0.0/8 scram-sha-256"]}).pg_hba()
-    assert got[-1] == "hostssl all all 10.0.0.0/8 scram-sha-256"
-    assert got.index("host all postgres 0.0.0.0/0 reject") < len(got) - 1
+def test_the_specs_rules_come_after_the_superusers_rejection_and_with_tls_need_it(tmp_path) -> None:
+    spec = {"pg_hba": ["hostssl all all 10.0.0.0/8 scram-sha-256", "host replication all 10.1.0.0/16 scram-sha-256",
+                       "hostnossl app app 10.2.0.0/16 scram-sha-256"]}
+    got = actions(tmp_path, True, spec).pg_hba()
+    assert got[-2:] == ["hostssl all all 10.0.0.0/8 scram-sha-256", "hostssl replication all 10.1.0.0/16 scram-sha-256"]
+    assert got.index("host all postgres 0.0.0.0/0 reject") < len(got) - 2
+    assert got.index("host replication postgres 0.0.0.0/0 reject") < len(got) - 2
     assert "hostssl all all 0.0.0.0/0 scram-sha-256" not in got  # the spec's replace the default
+    assert not [line for line in got if line.startswith("hostnossl")]
+    # without TLS the spec's lines are written as they are
+    assert actions(tmp_path, False, spec).pg_hba()[-3:] == spec["pg_hba"]
 
 
 def test_tls_parameters_and_verified_connections_to_members(tmp_path) -> None:

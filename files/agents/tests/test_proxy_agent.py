@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -636,3 +637,75 @@ def test_the_servers_first_message_loses_only_channel_binding(message: bytes, ex
 def test_a_first_server_message_with_a_silly_length_is_not_postgresql() -> None:
     with pytest.raises(StartupError):
         first_server_message(b"R" + struct.pack("!i", 2))
+
+
+class TlsServer:
+    """A stand-in for PostgreSQL with TLS: answers an SSLRequest 'S', then a TLS handshake with a
+    certificate for 127.0.0.1 from ``ca`` (pgha.pki), then echoes like Echo."""
+
+    def __init__(self, tmp: Path, ca: Any) -> None:
+        import ssl
+
+        from pgha import pki
+
+        key, crt, _ = pki.ensure_certificate(tmp, ca, "server", ips=("127.0.0.1",), server=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(crt), str(key))
+        self.handshakes = 0
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                try:
+                    if self.request.recv(8) != struct.pack("!ii", 8, SSL_REQUEST):
+                        return
+                    self.request.sendall(b"S")
+                    with ctx.wrap_socket(self.request, server_side=True) as tls:
+                        outer.handshakes += 1
+                        data = tls.recv(65536)
+                        tls.sendall(b"tls:" + unwrap(data))
+                except OSError:
+                    return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_read_only_fallback_speaks_tls_to_the_primary_or_says_why_it_cannot(store, tmp_path, loop):
+    import ssl
+
+    from pgha import pki
+
+    cluster_ca, _ = pki.ensure_ca(tmp_path / "ca", "cluster")
+    other_ca, _ = pki.ensure_ca(tmp_path / "other", "someone else")
+    good = TlsServer(tmp_path / "good", cluster_ca)
+    forged = TlsServer(tmp_path / "forged", other_ca)
+    plain = Echo("plain")
+    running = Running(store, loop=loop, upstream_tls=ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.crt")))
+    try:
+        for generation, (server, expect) in enumerate(
+                [(good, b"tls:q(ro)"), (forged, "cannot connect"), (plain, "cannot connect")], start=1):
+            put_cd(store, "k1", generation, {"k1": server})  # type: ignore[dict-item]
+            wait_for(acked(store, generation))
+            with connect(running.ro_port) as c:
+                c.sendall(struct.pack("!ii", 8, SSL_REQUEST))
+                assert c.recv(1) == b"N"
+                _SPOKEN.add(c)
+                c.sendall(hello(b"q"))
+                if isinstance(expect, bytes):
+                    assert c.recv(100) == expect  # TLS to the primary, the session made read-only
+                else:  # a certificate from another CA, a server without TLS: an error that says so
+                    code, message = error_of(c)
+                    assert code == "08006" and expect in message, message
+        assert good.handshakes == 1 and forged.handshakes == 0
+    finally:
+        running.stop()
+        for server in (good, forged, plain):
+            server.stop()

@@ -16,6 +16,7 @@ Every document carries ``format_version``; a reader that does not know the versi
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -296,7 +297,9 @@ class _Fields:
 
     @staticmethod
     def _typed(typ: type, name: str, value: Any) -> Any:
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: not a finite number")
             return float(value)
         if typ is int and isinstance(value, bool) or not isinstance(value, typ):
             raise TypeError(f"{name}: expected {typ.__name__}, got {type(value).__name__}")

@@ -36,6 +36,7 @@ class Actions:
     """The actions and the configuration; uses the Keeper's pg, spec, cluster data and local state."""
 
     roles_ensured = False  # create_roles() has run on this primary since the keeper started
+    _hba_dropped: set[str]  # spec pg_hba lines left out (logged once)
 
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
@@ -81,9 +82,29 @@ class Actions:
         ]
         lines += [f"{tcp} replication {repl} {net} scram-sha-256" for net in nets]
         lines += [f"{tcp} postgres {repl} {net} scram-sha-256" for net in nets]
-        lines += [f"host all {role} {net} reject" for role in dict.fromkeys((su, repl)) for net in nets]
-        lines += list(self.spec.pg_hba) or [f"{tcp} all all {net} scram-sha-256" for net in nets]
+        lines += [f"host all {role} {net} reject" for role in (su, repl) for net in nets]
+        lines += [f"host replication {su} {net} reject" for net in nets]
+        lines += self.spec_hba() or [f"{tcp} all all {net} scram-sha-256" for net in nets]
         return lines
+
+    def spec_hba(self) -> list[str]:
+        """The spec's pg_hba lines; with TLS, a ``host`` line is written as ``hostssl`` and a
+        ``hostnossl`` one is left out (logged once): nothing logs in over TCP without TLS."""
+        if not self.pg.cfg.tls:
+            return list(self.spec.pg_hba)
+        out = []
+        for line in self.spec.pg_hba:
+            fields = line.split(None, 1)
+            kind = fields[0] if fields else ""
+            if kind == "host":
+                out.append("hostssl " + fields[1])
+            elif kind == "hostnossl":
+                if line not in self._hba_dropped:
+                    self._hba_dropped.add(line)
+                    logger.warning("spec pg_hba line %r left out: with TLS, nothing logs in over TCP without it", line)
+            else:
+                out.append(line)
+        return out
 
     def conninfo(self, address: str) -> str:
         host, port = address.rsplit(":", 1)

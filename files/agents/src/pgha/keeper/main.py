@@ -77,14 +77,16 @@ def check_app_and_tls(args: Any) -> str:
     app_pw = ""
     if args.pg_app_username:
         if not valid_role_name(args.pg_app_username):
-            cli.die(f"--pg-app-username {args.pg_app_username!r}: use 1-63 lowercase letters, digits or _")
+            cli.die(f"--pg-app-username {args.pg_app_username!r}: use 1-63 lowercase letters, digits or _ "
+                    "(not pg_... nor public)")
         if args.pg_app_username in (args.pg_su_username, args.pg_repl_username):
             cli.die("--pg-app-username must differ from the superuser and the replication user")
         if not args.pg_app_password_file:
             cli.die("--pg-app-username needs --pg-app-password-file")
         app_pw = read_password(args.pg_app_password_file, "--pg-app-password-file")
         if args.pg_app_database and not valid_role_name(args.pg_app_database):
-            cli.die(f"--pg-app-database {args.pg_app_database!r}: use 1-63 lowercase letters, digits or _")
+            cli.die(f"--pg-app-database {args.pg_app_database!r}: use 1-63 lowercase letters, digits or _ "
+                    "(not pg_... nor public)")
     elif args.pg_app_password_file or args.pg_app_database:
         cli.die("--pg-app-password-file and --pg-app-database need --pg-app-username")
     tls = {"--pg-tls-cert-file": args.pg_tls_cert_file, "--pg-tls-key-file": args.pg_tls_key_file,
@@ -107,7 +109,9 @@ def check_app_and_tls(args: Any) -> str:
 
 
 def valid_role_name(name: str) -> bool:
-    return bool(re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name or ""))
+    """1-63 lowercase letters, digits or _, not a name PostgreSQL reserves (pg_*, public)."""
+    return bool(re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name or "")) and not name.startswith("pg_") \
+        and name != "public"
 
 
 class Keeper(Fencing, Reporting, Actions, Api):
@@ -133,6 +137,7 @@ class Keeper(Fencing, Reporting, Actions, Api):
         self.cd: ClusterData | None = None
         self.cd_rev = 0
         self.lock = threading.RLock()  # held while starting or stopping PostgreSQL
+        self._hba_dropped: set[str] = set()
         self.collect_lock = threading.Lock()
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -218,9 +223,11 @@ class Keeper(Fencing, Reporting, Actions, Api):
         )
 
     def set_error(self, text: str) -> None:
-        if text and text != self.error:
+        # the status document keeps its head (readers refuse strings over model.MAX_STATUS_STRING)
+        short = text if len(text) <= 2000 else text[:1990] + " [...]"
+        if short and short != self.error:
             logger.error(text)
-        self.error = text
+        self.error = short
 
     def main_loop(self) -> None:
         # The cluster data is re-read when the watch on it reports a change, and at least every
@@ -363,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         cli.die(f"--pg-bin-path {args.pg_bin_path}: no postgres binary there")
     su_pw = read_password(args.pg_su_password_file, "--pg-su-password-file")
     repl_pw = read_password(args.pg_repl_password_file, "--pg-repl-password-file")
-    if args.pg_su_username == args.pg_repl_username and su_pw != repl_pw:
-        cli.die("--pg-su-username equals --pg-repl-username but the password files differ")
+    if args.pg_su_username == args.pg_repl_username:
+        cli.die("--pg-su-username and --pg-repl-username must differ: the replication role logs in over TCP, "
+                "the superuser never does")
     app_pw = check_app_and_tls(args)
     data_dir = Path(args.data_dir)
     try:

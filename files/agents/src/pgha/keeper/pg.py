@@ -6,14 +6,14 @@ Layout under the keeper's ``--data-dir``:
   run/            the Unix socket directory (mode 0700: only the keeper's OS user can connect, so
                   local connections use trust without exposing anything)
   pgpass          libpq password file of the replication role (streaming, base backup, rewind; 0600)
+  postgres.log    PostgreSQL's own log
+  state.json      the keeper's local state (cluster uid)
+  pgha.lock       the data-directory lock
 
 TLS (``PgConfig.tls_cert_file``): PostgreSQL serves it with ``ssl=on``, and every connection the
 keeper makes to another member (streaming, base backup, pg_rewind, its checks of the primary) uses
 ``sslmode=verify-full`` against ``tls_ca_file``, so a replica talks only to a server whose
 certificate the cluster's CA signed for the address the cluster data names.
-  postgres.log    PostgreSQL's own log
-  state.json      the keeper's local state (cluster uid)
-  pgha.lock       the data-directory lock
 
 The postmaster is started as a direct child with ``PR_SET_PDEATHSIG=SIGQUIT``: if the keeper dies,
 its PostgreSQL stops at once instead of running on unsupervised (and unfenced).
@@ -29,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +96,14 @@ class PgConfig:
     listen_address: str
     port: int
     su_username: str
-    su_password: str
+    su_password: str = field(repr=False)
     repl_username: str
-    repl_password: str
+    repl_password: str = field(repr=False)
     tls_cert_file: str = ""  # PostgreSQL's certificate and key (ssl=on), "" for none
     tls_key_file: str = ""
     tls_ca_file: str = ""  # the CA the other members' certificates are checked against
     app_username: str = ""  # the applications' role and database (LOGIN, owns its database), "" for none
-    app_password: str = ""
+    app_password: str = field(default="", repr=False)
     app_database: str = ""
 
     @property
@@ -381,11 +381,17 @@ class Postgres:
         made: list[str] = []
         # committed without waiting for a synchronous standby (this runs right after a promotion, before
         # the standbys stream); idempotent, so a change lost with this primary is made again by the next
-        self.query("SET synchronous_commit TO local")
+        # and never logged: the statements carry the passwords (the spec may set log_statement or
+        # log_min_duration_statement; an error would log the statement too)
+        quiet = {"synchronous_commit": "local", "log_statement": "none", "log_min_duration_statement": "-1",
+                 "log_min_error_statement": "panic"}
+        for name, value in quiet.items():
+            self.query(f"SET {name} TO {value}")
         try:
             self._create_roles(made)
         finally:
-            self.query("RESET synchronous_commit")
+            for name in quiet:
+                self.query(f"RESET {name}")
         return made
 
     def _create_roles(self, made: list[str]) -> None:

@@ -117,7 +117,8 @@ class _Side(asyncio.Protocol):
         self.eof = True
         relay = self.relay
         peer = self.peer
-        if peer is None or relay.client_side.eof and relay.upstream_side.eof or not peer.can_write_eof():
+        if peer is None or relay.client_side.eof and relay.upstream_side.eof or not peer.can_write_eof() \
+                or relay.upstream_tls:  # a TLS transport cannot stay half-open
             relay.close()
             return False
         peer.write_eof()  # half-close: keep relaying the other direction
@@ -149,6 +150,11 @@ class ClientSide(_Side):
 
 class UpstreamSide(_Side):
     __slots__ = ()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:  # lost before it was handed over (the proxy's own TLS handshake
+            return                  # failed): Pool._connect turns the client away with the reason
+        self.relay.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -435,6 +441,9 @@ class Pool:
             # StartupMessage in clear, so encryption is declined here (libpq's sslmode=prefer goes on
             # without it; sslmode=require gives up, and should use the read-write port)
             if relay.code in protocol.ENCRYPTION_REQUESTS:
+                # the client asked for TLS: wherever it goes once its StartupMessage is in, the
+                # proxy speaks TLS for it (also to a replica, if one becomes fit meanwhile)
+                relay.upstream_tls = self.upstream_tls is not None
                 relay.decline_encryption()
                 return True
             if relay.code >> 16 == 3:  # a StartupMessage (a CancelRequest goes as it is)
@@ -479,8 +488,9 @@ class Pool:
             raw.write(struct.pack("!ii", 8, protocol.SSL_REQUEST))
             answer = await negotiation.answer
             if answer != b"S":
-                raise ValueError("the primary does not offer TLS" if answer[:1] == b"N" else
-                                 "the primary closed the connection during the TLS request")
+                raise ValueError("the server does not offer TLS" if answer[:1] == b"N" else
+                                 "the server closed the connection at the TLS request" if not answer else
+                                 f"the server answered the TLS request with {answer[:8]!r}")
             transport = await self.loop.start_tls(raw, relay.upstream_side, self.upstream_tls, server_hostname=host)
         except BaseException:
             raw.abort()

@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 from test_integration_ha import healthy_cluster, primary_of, read_values, wait_value_on, write_row
 
-from harness import PghaCluster
+from harness import PghaCluster, running_as_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs("etcd")]
 
@@ -26,6 +26,7 @@ def test_tls_logins_roles_and_a_rewind_without_the_superuser(cluster_factory) ->
     st = c.wait_for(healthy_cluster(), timeout=120, what="a healthy 3-keeper cluster")
     old = primary_of(st)
     replica = next(u for u in c.keepers if u != old)
+    assert all(k["pg_tls"] for k in st["keepers"])  # what upgrade.yml checks before it rolls
 
     # the application role writes through the proxy, TLS end to end (the proxy passes it through)
     write_row(c, "before")
@@ -81,7 +82,50 @@ def test_without_tls_the_keepers_say_so_and_still_keep_the_superuser_off_tcp(clu
     c: PghaCluster = cluster_factory(keepers=1, sentinels=1, pg_tls=False)
     st = c.wait_for(healthy_cluster(1), timeout=120, what="a one-keeper cluster")
     uid = primary_of(st)
+    assert st["keepers"][0]["pg_tls"] is False
     write_row(c, "plain")
     assert "PostgreSQL without TLS" in c.keepers[uid].log_text()
     msg = refused(lambda: c.connect_keeper(uid, user="postgres", password=c.su_password, dbname="postgres"))
     assert "rejects connection" in msg
+
+
+def served_certificate(port: int, ca_file: str) -> bytes:
+    """The certificate PostgreSQL on 127.0.0.1:``port`` serves (after an SSLRequest), checked against the CA."""
+    import socket
+    import ssl
+    import struct
+
+    ctx = ssl.create_default_context(cafile=ca_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(struct.pack("!ii", 8, 80877103))
+        assert raw.recv(1) == b"S"
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(cluster_factory) -> None:
+    import os
+    import time
+
+    from pgha import pki
+
+    c: PghaCluster = cluster_factory(keepers=1, sentinels=1, proxies=0)
+    st = c.wait_for(healthy_cluster(1), timeout=120, what="a one-keeper cluster")
+    uid = primary_of(st)
+    port = c.keeper_pg_port[uid]
+    before = served_certificate(port, c.pg_ca_file)
+    pid = c.keepers[uid].proc.pid
+    key_pem, cert_pem = pki.make_certificate(c._pg_ca, dns=("localhost",), ips=("127.0.0.1",), server=True)
+    for name, data in ((f"{uid}.key", key_pem), (f"{uid}.crt", cert_pem)):  # as the roles' copy does
+        tmp = c.pg_pki / (name + ".new")
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o600)
+        if running_as_root():
+            os.chown(tmp, c.uid, c.gid)
+        os.replace(tmp, c.pg_pki / name)
+    deadline = time.monotonic() + 30
+    while served_certificate(port, c.pg_ca_file) == before:
+        assert time.monotonic() < deadline, "PostgreSQL still serves the old certificate\n" + c.logs_tail()
+        time.sleep(0.2)
+    assert "TLS certificate files changed: PostgreSQL reloaded them" in c.keepers[uid].log_text()
+    assert c.keepers[uid].proc.pid == pid and primary_of(c.status()) == uid  # no restart, no failover

@@ -709,3 +709,20 @@ def test_the_read_only_fallback_speaks_tls_to_the_primary_or_says_why_it_cannot(
         running.stop()
         for server in (good, forged, plain):
             server.stop()
+
+
+def test_the_servers_first_messages_in_pieces_lose_only_channel_binding():
+    from types import SimpleNamespace
+
+    from pgha.proxy.relay import Relay
+
+    relay = Relay(SimpleNamespace(fence=None, stats=None), RO)  # type: ignore[arg-type]
+    relay.upstream_tls = True
+    negotiate = b"v" + struct.pack("!iii", 12, 0, 0)  # NegotiateProtocolVersion: minor 0, no options
+    stream = negotiate + sasl_request(b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256") + b"R..."
+    out = b""
+    for i in range(0, len(stream), 3):  # as UpstreamSide.data_received hands them over
+        chunk = stream[i:i + 3]
+        out += chunk if relay.first_reply is None else relay.server_speaking(chunk)
+    assert out == negotiate + sasl_request(b"SCRAM-SHA-256") + b"R..."
+    assert relay.first_reply is None  # past the first messages: the rest goes as it comes

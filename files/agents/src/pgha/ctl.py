@@ -65,6 +65,7 @@ def _keeper_row(uid: str, st: KeeperStatus | None, cd: ClusterData | None, prima
         "error": st.error if st else "no status (keeper down or its lease expired)",
         "pending_restart": bool(st and st.pending_restart),
         "drained": bool(want and want.drained),
+        "pg_tls": bool(st and st.pg_tls),
     }
 
 

@@ -382,6 +382,7 @@ class KeeperStatus(Document):
     reported_at: float = 0.0
     desired_role: str = ""  # the role the keeper last read in the cluster data ("" before any)
     lease_ttl: int = 0  # the TTL the store granted to the keeper's lease
+    pg_tls: bool = False  # its PostgreSQL serves TLS and takes TCP logins only with it
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "KeeperStatus":
@@ -419,6 +420,7 @@ class KeeperStatus(Document):
                 reported_at=f.get(float, "reported_at", 0.0),
                 desired_role=f.get(str, "desired_role", ""),
                 lease_ttl=f.get(int, "lease_ttl", 0),
+                pg_tls=f.get(bool, "pg_tls", False),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"keeper status: malformed ({exc})") from None

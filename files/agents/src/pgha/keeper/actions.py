@@ -4,6 +4,7 @@ of ``pgha.keeper.decide.Action``, found through ``ACTIONS``, and the configurati
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ class Actions:
 
     roles_ensured = False  # create_roles() has run on this primary since the keeper started
     _hba_dropped: set[str]  # spec pg_hba lines left out (logged once)
+    _tls_files: tuple | None = None  # (inode, size, mtime) of the TLS files when last looked at
 
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
@@ -118,6 +120,29 @@ class Actions:
         return psycopg2.connect(host=host, port=int(port), user=self.args.pg_repl_username, dbname="postgres",
                                 connect_timeout=2, passfile=str(self.pg.passfile), application_name="pgha-keeper",
                                 **self.pg.client_tls())
+
+    def reload_renewed_certificate(self) -> None:
+        """Have PostgreSQL read its certificate, key and CA again when one of the files changed (the
+        roles renew certificates before they expire); it keeps the previous ones if the new files do
+        not load."""
+        if not self.pg.cfg.tls:
+            return
+        seen = []
+        for path in (self.pg.cfg.tls_cert_file, self.pg.cfg.tls_key_file, self.pg.cfg.tls_ca_file):
+            try:
+                st = os.stat(path)
+                seen.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                seen.append(None)
+        before, self._tls_files = self._tls_files, tuple(seen)
+        if before is None or before == self._tls_files or not self.pg.running():
+            return
+        try:
+            self.pg.reload()
+            logger.info("the TLS certificate files changed: PostgreSQL reloaded them")
+        except psycopg2.Error as exc:
+            self._tls_files = before  # try again at the next loop
+            logger.warning("the TLS certificate files changed, but PostgreSQL could not reload: %s", str(exc).strip())
 
     def learn_primary_minimums(self, address: str) -> None:
         """Read the hot-standby-sensitive settings the primary runs with (before a replica starts)."""

@@ -249,6 +249,7 @@ class Keeper(Fencing, Reporting, Actions, Api):
                     self.step()
                 except (PgError, psycopg2.Error, OSError) as exc:
                     self.set_error(f"{self.last_action[0]} failed: {str(exc).strip()}")
+            self.reload_renewed_certificate()
             try:
                 changed = self.store.wait(self.keys.clusterdata, self.cd_rev, self.spec.sleep_interval)
             except StoreError:

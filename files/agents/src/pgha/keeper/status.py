@@ -78,6 +78,7 @@ class Reporting:
             reported_at=time.time(),
             desired_role=self.desired_role(),
             lease_ttl=self.lease.ttl,
+            pg_tls=self.pg.cfg.tls,
         )
 
     def desired_role(self) -> str:

@@ -84,6 +84,7 @@ def startup_message(params: dict[str, str]) -> bytes:
 
 
 AUTHENTICATION = b"R"
+NEGOTIATE_PROTOCOL_VERSION = b"v"  # the server's answer to a newer minor version or _pq_ options
 AUTH_SASL = 10
 CHANNEL_BINDING_MECHANISM = b"SCRAM-SHA-256-PLUS"
 

@@ -264,14 +264,20 @@ class Relay:
         buf = self.first_reply
         assert buf is not None
         buf += data
-        try:
-            length = protocol.first_server_message(buf)
-        except protocol.StartupError:
-            length = len(buf)  # not PostgreSQL speaking: pass it on as it is
-        if length is None:
-            return b""
-        self.first_reply = None
-        return protocol.without_channel_binding(bytes(buf[:length])) + bytes(buf[length:])
+        out = b""
+        while True:
+            try:
+                length = protocol.first_server_message(buf)
+            except protocol.StartupError:
+                length = len(buf)  # not PostgreSQL speaking: pass it on as it is
+            if length is None:
+                return out
+            if buf[:1] == protocol.NEGOTIATE_PROTOCOL_VERSION:  # comes before the authentication request
+                out += bytes(buf[:length])
+                del buf[:length]
+                continue
+            self.first_reply = None
+            return out + protocol.without_channel_binding(bytes(buf[:length])) + bytes(buf[length:])
 
     def silent_too_long(self) -> None:
         self.timer = None

@@ -215,9 +215,11 @@ def closed_by_peer(sock: socket.socket, timeout: float = 3.0) -> bool:
 
 
 def refuses(port: int) -> bool:
+    """Whether nothing listens on ``port``: refused, or reset (a connection that reached the backlog
+    just as the listener closed)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 

@@ -39,6 +39,19 @@ SPEC = normalize({"proxy_check_interval": 0.1, "proxy_timeout": 1})
 TIMEOUT = 1.0
 
 
+def serve(handler: type[socketserver.BaseRequestHandler]) -> tuple[socketserver.ThreadingTCPServer, str]:
+    """A threaded TCP server on a free loopback port running ``handler``; (server, "host:port")."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}"
+
+
+def stop_serving(server: socketserver.ThreadingTCPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 class Echo:
     """A stand-in for PostgreSQL: answers every chunk with '<name>:<chunk>' and records what it got.
     A connection's first chunk, when it is a StartupMessage made by ``hello(text)``, counts as ``text``."""
@@ -68,14 +81,10 @@ class Echo:
                 finally:
                     outer.open -= 1
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, self.address = serve(Handler)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)
 
 
 def free_port() -> int:
@@ -669,14 +678,10 @@ class TlsServer:
                 except OSError:
                     return
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server, self.address = serve(Handler)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

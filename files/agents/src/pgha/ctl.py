@@ -20,16 +20,17 @@ from pgha.model import (
     COMMAND_SWITCHOVER,
     FORMAT_VERSION,
     ROLE_PRIMARY,
+    STATUS_PREFIXES,
     ClusterData,
     Command,
     FormatError,
     KeeperStatus,
     ProxyStatus,
     SentinelStatus,
-    check_status_key,
     dumps,
     int_to_lsn,
     keys,
+    load_status,
     loads,
 )
 from pgha.spec import Spec, SpecError, merge_patch, normalize, replace_whole, valid_uid
@@ -121,24 +122,20 @@ class Ctl:
             try:
                 if name == "clusterdata":
                     cd = ClusterData.loads(kv.value)
-                elif name.startswith("keepers/"):  # believed as the sentinel believes them (check_status_key)
-                    st = KeeperStatus.loads(kv.value)
-                    check_status_key(name, st.uid, kv.lease)
+                elif name.startswith("keepers/"):  # believed as the sentinel believes them (load_status)
+                    st = load_status(KeeperStatus, name, kv.value, kv.lease)
                     statuses[st.uid] = st
                 elif name.startswith("sentinels/"):
-                    sst = SentinelStatus.loads(kv.value)
-                    check_status_key(name, sst.uid, kv.lease)
+                    sst = load_status(SentinelStatus, name, kv.value, kv.lease)
                     sentinels[sst.uid] = sst
                 elif name.startswith("proxies/"):
-                    pst = ProxyStatus.loads(kv.value)
-                    check_status_key(name, pst.uid, kv.lease)
-                    proxies.append(pst)
+                    proxies.append(load_status(ProxyStatus, name, kv.value, kv.lease))
                 elif name == "sentinel-leader":
                     leader = kv.value.decode()
             except FormatError as exc:
                 if name == "clusterdata":
                     raise CtlError(str(exc)) from None
-                if name.startswith(("keepers/", "sentinels/", "proxies/")):
+                if name.startswith(STATUS_PREFIXES):
                     ignored[name] = str(exc)
         spec = self.get_spec()
         primary = cd.primary if cd else None

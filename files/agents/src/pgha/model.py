@@ -317,8 +317,7 @@ class _Fields:
         return default if value is None else self._typed(typ, name, value)
 
     def opt(self, typ: type, name: str) -> Any:
-        value = self.d.get(name)
-        return None if value is None else self._typed(typ, name, value)
+        return self.get(typ, name, None)
 
 
 MAX_STATUS_STRING = 4096  # an error message, a data directory: nothing an agent writes is longer
@@ -330,6 +329,18 @@ def _replication(r: Any) -> "Replication":
     f = _Fields(r)
     return Replication(name=f.req(str, "name"), state=f.get(str, "state", ""), sync_state=f.get(str, "sync_state", ""),
                        flush_lsn=f.opt(int, "flush_lsn"))
+
+
+STATUS_PREFIXES = ("keepers/", "proxies/", "sentinels/")  # the status documents' keys below the cluster's
+
+
+def load_status(cls: Any, name: str, raw: bytes | str, lease: int) -> Any:
+    """The status document ``raw`` of type ``cls`` (KeeperStatus, ProxyStatus, SentinelStatus) found
+    under ``name``, as every reader believes it: parsed, and checked by check_status_key. Raises
+    FormatError."""
+    doc = cls.loads(raw)
+    check_status_key(name, doc.uid, lease)
+    return doc
 
 
 def check_status_key(name: str, uid: str, lease: int) -> None:

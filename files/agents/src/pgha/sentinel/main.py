@@ -27,6 +27,7 @@ from typing import Any
 from pgha import cli, log as pglog
 from pgha.model import (
     PHASE_NORMAL,
+    STATUS_PREFIXES,
     ClusterData,
     Command,
     FormatError,
@@ -34,8 +35,8 @@ from pgha.model import (
     Keys,
     ProxyStatus,
     SentinelStatus,
-    check_status_key,
     keys,
+    load_status,
     loads,
 )
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
@@ -48,7 +49,6 @@ logger = logging.getLogger("pgha.sentinel")
 
 MIN_LOOP_GAP = 0.05  # seconds between two checks when store changes wake us
 STEADY_GAP = 0.5  # fraction of sleep_interval between two checks woken by status refreshes only
-STATUS_PREFIXES = ("keepers/", "proxies/", "sentinels/")
 STORE_LEADER_CHECK = 5.0  # seconds between two looks at where the store's leader runs (steady state)
 
 
@@ -158,13 +158,11 @@ class Sentinel:
                     cd_rev = kv.mod_revision
                     cd = ClusterData.loads(kv.value)
                 elif name.startswith("keepers/"):
-                    st = KeeperStatus.loads(kv.value)
-                    check_status_key(name, st.uid, kv.lease)
+                    st = load_status(KeeperStatus, name, kv.value, kv.lease)
                     keepers[st.uid] = st
                     keeper_leases[st.uid] = kv.lease
                 elif name.startswith("proxies/"):
-                    p = ProxyStatus.loads(kv.value)
-                    check_status_key(name, p.uid, kv.lease)
+                    p = load_status(ProxyStatus, name, kv.value, kv.lease)
                     proxies[p.uid] = p
                 elif name.startswith("commands/"):
                     cmd = Command.loads(name[len("commands/"):], kv.value)

@@ -79,12 +79,6 @@ def parse_sync_standby_names(text: str) -> tuple[str, ...]:
     return tuple(sorted(p.strip().strip('"') for p in body.split(",") if p.strip()))
 
 
-def _conninfo_quote(value: str) -> str:
-    if value and not any(c in value for c in " '\\"):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _pgpass_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -148,7 +142,7 @@ class Postgres:
         """The conninfo string of a connection to another member as the replication role."""
         params = {"host": host, "port": str(port), "user": self.cfg.repl_username, "passfile": str(self.passfile),
                   **self.client_tls(), **extra}
-        return " ".join(f"{k}={_conninfo_quote(v)}" for k, v in params.items())
+        return psycopg2.extensions.make_dsn(**params)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -370,10 +364,12 @@ class Postgres:
             with open(conf, "a") as f:
                 f.write("\n# managed by pgha: keep this line last\ninclude_if_exists = 'pgha.conf'\n")
 
-    def _ensure_login(self, name: str, password: str, attributes: str) -> None:
+    def _ensure_login(self, name: str, password: str, attributes: str) -> bool:
+        """Create the login role ``name`` or set its attributes and password; whether it was created."""
         exists = self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
         verb = "ALTER" if exists else "CREATE"
         self.query(f'{verb} ROLE "{name}" WITH {attributes} LOGIN PASSWORD %s', (password,))
+        return not exists
 
     def create_roles(self) -> list[str]:
         """Create or update (passwords, grants) the replication role and the application role and
@@ -395,15 +391,13 @@ class Postgres:
         return made
 
     def _create_roles(self, made: list[str]) -> None:
-        cfg = self.cfg
-        if cfg.repl_username != cfg.su_username:
-            self._ensure_login(cfg.repl_username, cfg.repl_password, "REPLICATION NOSUPERUSER")
-            for function in REWIND_FUNCTIONS:
-                self.query(f'GRANT EXECUTE ON FUNCTION {function} TO "{cfg.repl_username}"')
+        cfg = self.cfg  # the keeper refuses a replication user named like the superuser
+        self._ensure_login(cfg.repl_username, cfg.repl_password, "REPLICATION NOSUPERUSER")
+        for function in REWIND_FUNCTIONS:
+            self.query(f'GRANT EXECUTE ON FUNCTION {function} TO "{cfg.repl_username}"')
         if cfg.app_username:
-            if not self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (cfg.app_username,)):
+            if self._ensure_login(cfg.app_username, cfg.app_password, "NOSUPERUSER NOCREATEROLE NOREPLICATION"):
                 made.append(f"role {cfg.app_username}")
-            self._ensure_login(cfg.app_username, cfg.app_password, "NOSUPERUSER NOCREATEROLE NOREPLICATION")
             database = cfg.app_database or cfg.app_username
             if not self.query("SELECT 1 FROM pg_database WHERE datname = %s", (database,)):
                 self.query(f'CREATE DATABASE "{database}" OWNER "{cfg.app_username}"')

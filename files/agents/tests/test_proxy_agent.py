@@ -725,6 +725,7 @@ def test_the_servers_first_messages_in_pieces_lose_only_channel_binding():
 
     relay = Relay(SimpleNamespace(fence=None, stats=None), RO)  # type: ignore[arg-type]
     relay.upstream_tls = True
+    relay.first_reply = bytearray()  # as Pool._connect_tls sets it before the TLS handshake
     negotiate = b"v" + struct.pack("!iii", 12, 0, 0)  # NegotiateProtocolVersion: minor 0, no options
     stream = negotiate + sasl_request(b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256") + b"R..."
     out = b""

@@ -170,7 +170,7 @@ class UpstreamSide(_Side):
         if _now() > self.fence.deadline:
             self.relay.fence_close()
             return
-        if self.relay.upstream_tls and self.relay.first_reply is not None:
+        if self.relay.first_reply is not None:  # the proxy's own TLS: its first messages are rewritten
             data = self.relay.server_speaking(data)
             if not data:
                 return
@@ -181,8 +181,7 @@ class UpstreamSide(_Side):
 class _Negotiation(asyncio.Protocol):
     """The upstream connection until PostgreSQL has answered an SSLRequest ('S' or 'N')."""
 
-    def __init__(self, relay: "Relay") -> None:
-        self.relay = relay
+    def __init__(self) -> None:
         self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
@@ -213,7 +212,9 @@ class Relay:
         self.refusal: tuple[str, str] | None = None  # (SQLSTATE, message) it will be answered with
         self.timer: asyncio.TimerHandle | None = None  # closes it if it does not speak in time
         self.upstream_tls = False  # the proxy speaks TLS to the upstream itself (the read-only fallback)
-        self.first_reply: bytearray | None = bytearray()  # the upstream's first message, while incomplete
+        # over the proxy's own TLS, the upstream's first messages until the authentication request is
+        # whole (Relay.server_speaking); None otherwise, and once it has gone on
+        self.first_reply: bytearray | None = None
 
     def starting(self, data: bytes) -> None:
         """Bytes from a client whose upstream is not connected yet."""
@@ -489,7 +490,7 @@ class Pool:
         cluster's CA and ``host``; then hand the TLS transport to the relay. Raises OSError (an
         ssl.SSLError is one) or ValueError when that fails."""
         assert self.upstream_tls is not None
-        raw, negotiation = await self.loop.create_connection(lambda: _Negotiation(relay), host, port)
+        raw, negotiation = await self.loop.create_connection(_Negotiation, host, port)
         try:
             raw.write(struct.pack("!ii", 8, protocol.SSL_REQUEST))
             answer = await negotiation.answer
@@ -497,6 +498,7 @@ class Pool:
                 raise ValueError("the server does not offer TLS" if answer[:1] == b"N" else
                                  "the server closed the connection at the TLS request" if not answer else
                                  f"the server answered the TLS request with {answer[:8]!r}")
+            relay.first_reply = bytearray()  # before the first byte can arrive over TLS
             transport = await self.loop.start_tls(raw, relay.upstream_side, self.upstream_tls, server_hostname=host)
         except BaseException:
             raw.abort()

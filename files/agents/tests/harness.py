@@ -796,10 +796,12 @@ class PghaCluster:
     def _connect(self, port: int, **kw: Any) -> Any:
         import psycopg2
 
-        params: dict[str, Any] = {"host": "127.0.0.1", "port": port, "user": "app", "password": self.app_password,
-                                  "dbname": "app", "connect_timeout": 3, **self.client_tls()}
-        params.update(kw)
-        return psycopg2.connect(**params)
+        return psycopg2.connect(**{**self.client_params(port), "connect_timeout": 3, **kw})
+
+    def client_params(self, port: int) -> dict[str, Any]:
+        """The application role's libpq parameters for ``port`` (a proxy's or a keeper's), password included."""
+        return {"host": "127.0.0.1", "port": port, "user": "app", "password": self.app_password, "dbname": "app",
+                **self.client_tls()}
 
     def client_tls(self) -> dict[str, str]:
         """What a client that checks the server's certificate passes to libpq (through a proxy too:
@@ -808,9 +810,9 @@ class PghaCluster:
 
     def dsn(self, port: int) -> str:
         """The application role's libpq connection string for ``port`` (a proxy's), password included."""
-        return " ".join(f"{k}={v}" for k, v in {"host": "127.0.0.1", "port": port, "user": "app",
-                                                "password": self.app_password, "dbname": "app",
-                                                **self.client_tls()}.items())
+        import psycopg2.extensions
+
+        return psycopg2.extensions.make_dsn(**self.client_params(port))
 
     def connect_superuser(self, uid: str, **kw: Any) -> Any:
         """psycopg2 connection as the superuser over keeper ``uid``'s Unix socket (the only way in:

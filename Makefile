@@ -8,7 +8,6 @@ PGHA_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pgha
 PYTEST_ARGS ?= -ra
 
 # the store of the default inventory (inventory/local.yml)
-PGHA_LOCAL_ENDPOINTS ?= http://127.0.0.1:12379,http://127.0.0.1:12381,http://127.0.0.1:12383
 
 export VENV AGENT_VENV PYTHON PGHA_CACHE
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/collections
@@ -58,13 +57,13 @@ up: bootstrap agents
 	$(VENV)/bin/ansible-playbook -i inventory/local.yml playbooks/site.yml
 	@echo
 	@echo "pgha is up (cluster main on 127.0.0.1). Connect through the proxy:"
-	@echo "  read-write: PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_app_password) psql 'host=127.0.0.1 port=25432 user=app dbname=app sslmode=require'"
+	@echo "  read-write: PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_app_password) psql 'host=127.0.0.1 port=25432 user=app dbname=app sslmode=verify-full sslrootcert=/opt/pgha/main/tls/ca.crt'"
 	@echo "  read-only:  PGPASSWORD=\$$(cat /opt/pgha/main/secrets/pg_app_password) psql 'host=127.0.0.1 port=25433 user=app dbname=app'"
-	@echo "Status (and switchover, update, ...):"
-	@echo "  export PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) PGHA_STORE_INSECURE=true"
+	@echo "Status (and switchover, update, ...), as the store's operator (TLS, etcd user main-operator):"
+	@echo "  . $(HOME)/.pgha/main/pghactl.env"
 	@echo "  $(VENV)/bin/pghactl status"
 	@echo
-	@PGHA_CLUSTER_NAME=main PGHA_STORE_ENDPOINTS=$(PGHA_LOCAL_ENDPOINTS) PGHA_STORE_INSECURE=true $(VENV)/bin/pghactl status
+	@. "$(HOME)/.pgha/main/pghactl.env" && $(VENV)/bin/pghactl status
 
 test: lint test-engine test-hosts test-collection
 

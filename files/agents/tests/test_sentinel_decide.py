@@ -35,12 +35,12 @@ def spec(**kw: Any) -> Spec:
 def ks(uid: str, role: str = "replica", *, lsn: int = 100, tl: int = 1, healthy: bool = True,
        streaming: str | None = "h:1", cluster: str | None = UID, can_be_master: bool = True,
        sync: tuple[str, ...] | None = None, repl: tuple[Replication, ...] = (), final_lsn: int | None = None,
-       running: bool = True, reported_at: float = NOW) -> KeeperStatus:
+       running: bool = True, reported_at: float = NOW, roles_ready: bool = True) -> KeeperStatus:
     return KeeperStatus(uid=uid, cluster_uid=cluster, address=f"h:{uid}", healthy=healthy, role=role,
                         system_id="sys", timeline=tl, lsn=lsn, replay_lsn=lsn,
                         streaming_from=streaming if role == "replica" else None, can_be_master=can_be_master,
                         synchronous_standbys=sync, replication=repl, final_lsn=final_lsn, pg_running=running,
-                        reported_at=reported_at)
+                        reported_at=reported_at, roles_ready=roles_ready and role == "primary")
 
 
 def rows(*names: str, sync: tuple[str, ...] = (), flush: int = 100) -> tuple[Replication, ...]:
@@ -117,6 +117,12 @@ CASES: list[Case] = [
      lambda d, cd: (cd.phase == PHASE_NORMAL and cd.proxy.target == "k1" and cd.keepers["k2"].role == "replica"
                     and cd.keepers["k2"].follow == "k1" and cd.system_id == "sys" and cd.keepers["k1"].init is None)
      or pytest.fail(str(cd))),
+    ("init waits until the chosen primary has created its roles and database: no routing before",
+     lambda: snap(ClusterData(uid=UID, name="main", spec=spec(), primary="k1",
+                              keepers={"k1": KeeperSpec(role="primary", init="new", address="h:k1")}),
+                  [ks("k1", "primary", roles_ready=False), ks("k2", "none", cluster=None)]),
+     lambda d, cd: (cd.phase == PHASE_INITIALIZING and cd.proxy.target is None and "k2" not in cd.keepers
+                    and "roles" in cd.message) or pytest.fail(str(cd))),
     ("init_mode existing waits for the named keeper",
      lambda: snap(ClusterData(uid=UID, name="main", spec=spec(init_mode="existing", existing_keeper="k9")),
                   [ks("k1", "none", cluster=None)]),

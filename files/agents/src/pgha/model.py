@@ -394,6 +394,7 @@ class KeeperStatus(Document):
     desired_role: str = ""  # the role the keeper last read in the cluster data ("" before any)
     lease_ttl: int = 0  # the TTL the store granted to the keeper's lease
     pg_tls: bool = False  # its PostgreSQL serves TLS and takes TCP logins only with it
+    roles_ready: bool = False  # as primary, it has created its roles and the application database
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "KeeperStatus":
@@ -432,6 +433,7 @@ class KeeperStatus(Document):
                 desired_role=f.get(str, "desired_role", ""),
                 lease_ttl=f.get(int, "lease_ttl", 0),
                 pg_tls=f.get(bool, "pg_tls", False),
+                roles_ready=f.get(bool, "roles_ready", False),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"keeper status: malformed ({exc})") from None

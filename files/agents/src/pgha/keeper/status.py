@@ -79,6 +79,7 @@ class Reporting:
             desired_role=self.desired_role(),
             lease_ttl=self.lease.ttl,
             pg_tls=self.pg.cfg.tls,
+            roles_ready=self.roles_ensured,
         )
 
     def desired_role(self) -> str:

@@ -188,6 +188,11 @@ def _initialize(ctx: Ctx, cd: ClusterData) -> ClusterData:
         return replace(cd, primary=chosen, message=f"initializing on keeper {chosen}")
 
     st = snap.keepers.get(cd.primary)
+    if st is not None and st.role == ROLE_PRIMARY and st.healthy and st.cluster_uid == cd.uid \
+            and not st.roles_ready:
+        # PostgreSQL answers before the keeper has created the roles and the application database:
+        # routing clients now would greet them with 'database "app" does not exist'
+        return replace(cd, message=f"initializing on keeper {cd.primary}: waiting for its roles and database")
     if st is not None and st.role == ROLE_PRIMARY and st.healthy and st.cluster_uid == cd.uid:
         ctx.log(f"cluster initialized: keeper {cd.primary} is primary (system id {st.system_id}, "
                 f"timeline {st.timeline}); routing proxies to it")

@@ -71,7 +71,9 @@ def etcd_components(members, settings):
     settings: binary, data_root, listen_address, initial_cluster, token, heartbeat_interval,
               election_timeout, quota_backend_bytes, extra_args; optional ``tls``
               ``{ca_file, cert_file, key_file}``: client and peer URLs on HTTPS, client certificates
-              required on both (the certificate serves as the member's server and client certificate)
+              required on both (the certificate serves as the member's server and client certificate);
+              optional ``metrics_port``: /health and /metrics also on plain HTTP there (for probes that
+              have no client certificate, such as the kubelet's), which is then the health check
     """
     s = _need(settings, "etcd", ["binary", "data_root", "listen_address", "initial_cluster", "token",
                                  "heartbeat_interval", "election_timeout", "quota_backend_bytes", "extra_args"])
@@ -87,8 +89,14 @@ def etcd_components(members, settings):
                     "--trusted-ca-file", tls["ca_file"], "--client-cert-auth=true",
                     "--peer-cert-file", tls["cert_file"], "--peer-key-file", tls["key_file"],
                     "--peer-trusted-ca-file", tls["ca_file"], "--peer-client-cert-auth=true"]
+    metrics_port = s.get("metrics_port")
     out = []
     for m in members:
+        metrics_args, metrics_ports = [], []
+        if metrics_port:
+            metrics_args = ["--listen-metrics-urls", "http://%s:%s" % (listen, metrics_port)]
+            metrics_ports = [{"name": "metrics", "port": int(metrics_port), "address": listen,
+                              "var": "etcd metrics_port (member %s)" % m["name"]}]
         out.append({
             "name": m["name"],
             "component": "etcd",
@@ -113,15 +121,15 @@ def etcd_components(members, settings):
                 # takes its value after "=" (a separate "true" is refused as a stray argument).
                 "--pre-vote=true",
                 "--quota-backend-bytes", str(s["quota_backend_bytes"]),
-            ] + tls_args + _list(s["extra_args"], "etcd_extra_args"),
+            ] + tls_args + metrics_args + _list(s["extra_args"], "etcd_extra_args"),
             "environment": {},
             "ports": [
                 {"name": "client", "port": m["client_port"], "address": listen,
                  "var": "pgha_etcd_client_port (member %s)" % m["name"]},
                 {"name": "peer", "port": m["peer_port"], "address": listen,
                  "var": "pgha_etcd_peer_port (member %s)" % m["name"]},
-            ],
-            "health": {"port": m["client_port"], "path": "/health"},
+            ] + metrics_ports,
+            "health": {"port": metrics_port or m["client_port"], "path": "/health"},
             "stop_signal": "TERM",
             "stop_wait": 20,
         })

@@ -33,12 +33,18 @@ OFFLINE_VARS = ["pgha_k8s_wait=false", "pgha_k8s_verify=false", "sentinel_manage
 OUTPUT = ROOT / "tests" / "output" / "kubernetes"
 
 
+def controller_dir(kubeconfig: str) -> Path:
+    """The controller's CA and credentials of the runs against one fake API server (by default
+    ~/.pgha/<namespace>.<cluster>): next to its kubeconfig."""
+    return Path(kubeconfig).parent / "controller"
+
+
 def run_site(kubeconfig: str, extra: list[str], name: str) -> dict[str, Any]:
     env = dict(os.environ, KUBECONFIG=kubeconfig, ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "inventory/kubernetes.yml",
            "playbooks/site.yml"]
-    for v in OFFLINE_VARS + extra:
+    for v in OFFLINE_VARS + ["pgha_controller_dir=" + str(controller_dir(kubeconfig))] + extra:
         cmd += ["-e", v]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -54,8 +60,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     with FakeApi() as api:
         kubeconfig = api.write_kubeconfig(str(tmp_path_factory.mktemp("kube") / "config"), NAMESPACE)
+        controller = controller_dir(kubeconfig)
         runs["apply"] = run_site(kubeconfig, [], "1-apply")
         runs["apply"]["objects"] = api.objects()
+        runs["controller_files"] = {str(p.relative_to(controller)): p.stat().st_mode & 0o777
+                                    for p in [controller, *controller.rglob("*")]}
         runs["rerun"] = run_site(kubeconfig, [], "2-rerun")
         runs["rerun"]["objects"] = api.objects()
         # What the StatefulSets' volumeClaimTemplates would have made on a real cluster.
@@ -65,6 +74,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                             "metadata": {"name": f"data-{sts}-{i}", "namespace": NAMESPACE},
                             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
         runs["absent"] = run_site(kubeconfig, ["pgha_k8s_state=absent"], "3-absent")
+        runs["controller_left"] = controller.exists()
         runs["absent"]["objects"] = api.objects()
     return runs
 

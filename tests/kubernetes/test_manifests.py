@@ -90,7 +90,7 @@ def test_only_agents_reach_etcd_and_only_keepers_proxies_and_the_operator_reach_
     client_rule = next(r for r in etcd["spec"]["ingress"] if r["ports"] == [{"port": "client", "protocol": "TCP"}])
     [peer] = client_rule["from"]
     assert peer["podSelector"]["matchLabels"] == {"pgha.io/cluster": "main"}
-    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["keeper", "sentinel", "proxy", "etcd"]
+    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["keeper", "sentinel", "proxy", "etcd", "etcd-auth"]
     keeper = next(o for o in applied if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "main-keeper")
     pg_rule = next(r for r in keeper["spec"]["ingress"] if r["ports"] == [{"port": "pg", "protocol": "TCP"}])
     agents, operator = pg_rule["from"]

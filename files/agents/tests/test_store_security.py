@@ -3,8 +3,12 @@ and a user per component allowed only what the component writes (pgha.store.auth
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +139,125 @@ def test_a_cluster_on_a_secure_store_fails_over_with_a_user_per_component(cluste
         text = agent.log_text()
         assert "permission denied" not in text, f"{name} was refused something it needs:\n{agent.log_tail()}"
         assert not [p for p in c.store_passwords.values() if p in text], f"a store password in {name}'s log"
+
+
+# ------------------------------------------------------------------ pghactl store-auth
+
+
+def pghactl(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """pghactl next to this Python, with no PGHA_* variables of ours but ``env``."""
+    path = os.path.join(os.path.dirname(sys.executable), "pghactl")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PGHA_")}
+    full_env.update(env or {})
+    return subprocess.run([path, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          stdin=subprocess.DEVNULL)
+
+
+def password_dir(tmp_path: Path, passwords: dict[str, str]) -> Path:
+    d = tmp_path / "store-passwords"
+    d.mkdir(exist_ok=True)
+    for name, password in passwords.items():
+        (d / name).write_text(password + "\n")
+        (d / name).chmod(0o600)
+    return d
+
+
+def store_auth_args(etcd: EtcdCluster, directory: Path, *extra: str) -> list[str]:
+    tls = etcd.client_tls("operator")
+    return ["--cluster-name", "sec", "--store-endpoints", etcd.endpoints, "--store-ca-file", tls["ca_file"],
+            "--store-cert-file", tls["cert_file"], "--store-key-file", tls["key_file"],
+            "store-auth", "--password-dir", str(directory), *extra]
+
+
+# a store user of the environment must not be used: store-auth logs in as root itself
+NOT_THIS_USER = {"PGHA_STORE_USER": "sec-operator", "PGHA_STORE_PASSWORD_FILE": "/nonexistent/password"}
+
+
+def assert_no_password(out: subprocess.CompletedProcess[str], *passwords: str) -> None:
+    assert "Traceback" not in out.stderr
+    for password in passwords:
+        assert password not in out.stdout + out.stderr, "a password in pghactl's output"
+
+
+def test_store_auth_command_turns_authentication_on_once(secure_etcd, passwords, tmp_path):
+    d = password_dir(tmp_path, passwords)
+    first = pghactl(*store_auth_args(secure_etcd, d), env=NOT_THIS_USER)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    for component in COMPONENTS:
+        assert f"added user sec-{component}" in lines and f"added role sec-{component}" in lines
+    assert "added user root" in lines and lines[-1] == "authentication enabled"
+    assert_no_password(first, *passwords.values())
+    keeper = store_as(secure_etcd, "keeper", passwords)
+    keeper.put(KEYS.keeper("k1"), "{}")  # each user logs in with its password file's
+    with pytest.raises(StoreError, match="permission denied"):
+        keeper.put(KEYS.clusterdata, "{}")
+
+    again = pghactl(*store_auth_args(secure_etcd, d), env=NOT_THIS_USER)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "nothing to change\n", "")
+
+    (d / "proxy").write_text("a new proxy password\n")  # a changed password is set, the others left alone
+    changed = pghactl(*store_auth_args(secure_etcd, d))
+    assert (changed.returncode, changed.stdout) == (0, "changed the password of sec-proxy\n"), changed.stderr
+    assert_no_password(changed, "a new proxy password", *passwords.values())
+
+
+def test_store_auth_command_with_a_wrong_root_password_is_a_clear_error(secure_etcd, passwords, tmp_path):
+    d = password_dir(tmp_path, passwords)
+    assert pghactl(*store_auth_args(secure_etcd, d)).returncode == 0
+    (d / "root").write_text("guessed-root-password\n")
+    out = pghactl(*store_auth_args(secure_etcd, d))
+    assert out.returncode == 1 and out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert "root password" in out.stderr and str(d / "root") in out.stderr
+    assert_no_password(out, "guessed-root-password", *passwords.values())
+
+
+def test_store_auth_command_names_a_missing_password_file(secure_etcd, passwords, tmp_path):
+    d = password_dir(tmp_path, {c: p for c, p in passwords.items() if c != "root"})
+    out = pghactl(*store_auth_args(secure_etcd, d))
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"error: root password file {d / 'root'}: No such file or directory"]
+    assert_no_password(out, *passwords.values())
+    # without a component's password file there is nothing to turn authentication on for
+    (d / "root").write_text(passwords["root"])
+    for component in COMPONENTS:
+        (d / component).unlink()
+    out = pghactl(*store_auth_args(secure_etcd, d))
+    assert out.returncode == 1 and "no password file of a component" in out.stderr
+    assert store_as(secure_etcd, None, passwords).get(KEYS.clusterdata) is None  # authentication still off
+
+
+def test_store_auth_command_needs_https_or_store_insecure(tmp_path, passwords):
+    d = password_dir(tmp_path, passwords)
+    out = pghactl("--cluster-name", "sec", "--store-endpoints", "http://127.0.0.1:1", "store-auth",
+                  "--password-dir", str(d))
+    assert out.returncode == 1 and "plain HTTP" in out.stderr and "--store-insecure" in out.stderr
+    assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+    down = pghactl("--cluster-name", "sec", "--store-endpoints", "http://127.0.0.1:1", "--store-insecure", "true",
+                   "store-auth", "--password-dir", str(d))
+    assert down.returncode == 1 and down.stderr.startswith("error: store: store unreachable")
+    assert len(down.stderr.splitlines()) == 1
+    assert_no_password(down, *passwords.values())
+
+
+def test_store_auth_command_waits_for_a_store_that_starts_later(tmp_path, passwords):
+    etcd = EtcdCluster(tmp_path / "etcd", 1, tls=True)  # its ports and certificates, not started yet
+    d = password_dir(tmp_path, passwords)
+    path = os.path.join(os.path.dirname(sys.executable), "pghactl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGHA_")}
+    proc = subprocess.Popen([path, *store_auth_args(etcd, d, "--wait", "60")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.communicate()
+        etcd.start()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        etcd.stop()
+    assert proc.returncode == 0, stderr
+    assert stderr.count("does not answer yet") == 1 and "waiting up to 60s" in stderr
+    assert stdout.splitlines()[-1] == "authentication enabled"
+    assert not [p for p in passwords.values() if p in stdout + stderr]

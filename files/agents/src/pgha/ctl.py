@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -444,6 +445,118 @@ def _no_args(sp: argparse.ArgumentParser) -> None:
     pass
 
 
+# ------------------------------------------------------------------ store-auth
+# Not a Ctl command: it logs in as etcd's root itself (never with --store-user), so main() runs it
+# without opening the store the common flags name.
+
+STORE_AUTH_HELP = "turn etcd authentication on, with a user and a role per component (idempotent)"
+STORE_AUTH_DESCRIPTION = """\
+Turn etcd authentication on for the cluster, with a user and a role of the same name per component:
+
+  <cluster>-keeper    reads the cluster's keys, writes only the keepers' status (keepers/)
+  <cluster>-proxy     reads the cluster's keys, writes only the proxies' status (proxies/)
+  <cluster>-sentinel  reads and writes the cluster's keys (cluster data, leader key, commands)
+  <cluster>-operator  reads and writes the cluster's keys (pghactl: spec, commands, init)
+
+and etcd's administrator, root. No user may touch another cluster's keys.
+
+Idempotent: it adds what is missing, sets the passwords it is given, corrects the permissions and
+turns authentication on; a second run prints "nothing to change". It prints one line per change,
+never a password.
+
+Passwords are read from files (first line) in --password-dir: root (required) and keeper,
+sentinel, proxy, operator (a user whose file is absent is left as it is). The root password is
+used only here: to turn authentication on and, once it is on, to log in. The command connects
+with --store-endpoints and the TLS flags (--store-ca-file, --store-cert-file, --store-key-file)
+and logs in as root itself: --store-user and --store-password-file are not used.
+
+With --wait SECONDS it keeps trying a store that does not answer yet (a Job that starts before
+etcd is ready) for that long.
+
+example:
+  pghactl --cluster-name main --store-endpoints https://etcd:2379 --store-ca-file ca.crt \\
+    --store-cert-file tls.crt --store-key-file tls.key store-auth --password-dir /run/secrets/store"""
+
+_WAIT_STEP = 1.0  # seconds between two tries of a store that does not answer
+_TLS_HINTS = ("(is --store-ca-file", "(etcd wants a client certificate")  # pgha.store.etcd's words
+
+
+def _args_store_auth(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--password-dir", required=True, metavar="DIR",
+                    help="directory of the password files root (required), keeper, sentinel, proxy, operator")
+    sp.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
+                    help="keep trying a store that does not answer yet for this long (default 0: fail at once)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _store_auth_passwords(directory: str, components: tuple[str, ...]) -> dict[str, str]:
+    """root's password and those of the components whose file is present. Raises StoreError."""
+    passwords = {"root": cli.read_secret_file(os.path.join(directory, "root"), "root password file")}
+    absent = []
+    for component in components:
+        path = os.path.join(directory, component)
+        if os.path.lexists(path):  # a dangling link is an error, not an absent file
+            passwords[component] = cli.read_secret_file(path, f"{component} password file")
+        else:
+            absent.append(component)
+    if len(absent) == len(components):
+        raise StoreError(f"--password-dir {directory}: no password file of a component ({', '.join(components)}): "
+                         "turning authentication on with root alone would lock every component out")
+    if absent:
+        print(f"no password file for {', '.join(absent)} in {directory}: "
+              f"{'that user is' if len(absent) == 1 else 'those users are'} left as they are", file=sys.stderr)
+    return passwords
+
+
+def _cmd_store_auth(args: argparse.Namespace) -> None:
+    from pgha.store import auth
+    from pgha.store.etcd import EtcdStore
+
+    # the endpoint rules of every program (https, or --store-insecure; valid URLs; readable TLS
+    # files), checked by opening the store without a user: ensure_auth logs in as root itself
+    checked = cli.store_from_args(argparse.Namespace(**dict(vars(args), store_user=None, store_password_file=None)))
+    checked.close()
+    if not isinstance(checked, EtcdStore):
+        raise StoreError(f"--store-endpoints {args.store_endpoints}: store-auth needs etcd")
+    try:
+        passwords = _store_auth_passwords(args.password_dir, tuple(auth.COMPONENTS))
+    except StoreError as exc:  # not the store's: a file
+        cli.die(str(exc))
+    deadline = time.monotonic() + args.wait
+    said = False
+    while True:
+        try:
+            changes = auth.ensure_auth(args.store_endpoints, keys(args.store_prefix, args.cluster_name),
+                                       args.cluster_name, passwords, ca_file=args.store_ca_file,
+                                       cert_file=args.store_cert_file, key_file=args.store_key_file,
+                                       timeout=args.store_timeout)
+            break
+        except StoreError as exc:
+            text = str(exc)
+            if "the root password given" in text:
+                raise StoreError(f"{text} (--password-dir {os.path.join(args.password_dir, 'root')})") from None
+            if not text.startswith("store unreachable") or any(hint in text for hint in _TLS_HINTS):
+                raise  # an answer, or a TLS setup that waiting does not mend
+            if time.monotonic() + _WAIT_STEP > deadline:
+                raise StoreError(f"{exc} (waited {args.wait:g}s)" if said else str(exc)) from None
+            if not said:
+                print(f"the store at {args.store_endpoints} does not answer yet ({exc}); waiting up to "
+                      f"{args.wait:g}s for it", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(_WAIT_STEP)
+    for line in changes or ["nothing to change"]:
+        print(line)
+
+
 Handler = Callable[[argparse.Namespace, Ctl], None]
 # name -> (help, its arguments, what it does), in the order --help lists them
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
@@ -472,12 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, add_arguments, _) in SUBCOMMANDS.items():
         add_arguments(sub.add_parser(name, help=help, description=help, parents=[common]))
+    _args_store_auth(sub.add_parser("store-auth", help=STORE_AUTH_HELP, description=STORE_AUTH_DESCRIPTION,
+                                    parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter))
     args = p.parse_args(argv)
     if not args.cluster_name:
         p.error("the following arguments are required: --cluster-name (or PGHA_CLUSTER_NAME)")
 
     try:
-        SUBCOMMANDS[args.command][2](args, Ctl(cli.store_from_args(args), args.store_prefix, args.cluster_name))
+        if args.command == "store-auth":
+            _cmd_store_auth(args)
+        else:
+            SUBCOMMANDS[args.command][2](args, Ctl(cli.store_from_args(args), args.store_prefix, args.cluster_name))
     except CtlError as exc:
         cli.die(str(exc))
     except StoreError as exc:

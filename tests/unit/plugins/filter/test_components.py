@@ -99,3 +99,21 @@ def test_etcd_members_and_initial_cluster():
     assert out[0]["agent"] is False and out[0]["environment"] == {}
     # a member that comes back from a partition must not force an election (leases would lapse)
     assert "--pre-vote=true" in out[0]["args"]
+
+
+def test_etcd_with_tls_and_a_metrics_port_is_probed_there():
+    members = [{"name": "e0", "address": "a0", "client_port": 2379, "peer_port": 2380}]
+    settings = {"binary": "/usr/bin/etcd", "data_root": "/d", "listen_address": "0.0.0.0",
+                "initial_cluster": c.etcd_initial_cluster(members, True), "token": "t", "heartbeat_interval": 100,
+                "election_timeout": 1000, "quota_backend_bytes": 1, "extra_args": [],
+                "tls": {"ca_file": "/t/ca.crt", "cert_file": "/t/tls.crt", "key_file": "/t/tls.key"}}
+    [plain] = c.etcd_components(members, settings)
+    assert plain["health"] == {"port": 2379, "path": "/health"} and "--listen-metrics-urls" not in plain["args"]
+    [member] = c.etcd_components(members, dict(settings, metrics_port=2381))
+    args = member["args"]
+    assert args[args.index("--listen-client-urls") + 1] == "https://0.0.0.0:2379"
+    assert "--client-cert-auth=true" in args and "--peer-client-cert-auth=true" in args
+    # the kubelet's probe has no client certificate: /health in plain HTTP on a port of its own
+    assert args[args.index("--listen-metrics-urls") + 1] == "http://0.0.0.0:2381"
+    assert member["health"] == {"port": 2381, "path": "/health"}
+    assert [p["name"] for p in member["ports"]] == ["client", "peer", "metrics"]

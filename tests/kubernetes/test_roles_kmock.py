@@ -255,4 +255,3 @@ def test_the_controller_keeps_the_ca_and_the_operators_files_and_absent_removes_
         assert files.get(name) == 0o600, (name, files)
     assert files["."] == 0o700 and files["pki"] == 0o700
     assert site["controller_left"] is False
-

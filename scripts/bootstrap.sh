@@ -46,6 +46,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 step_system() {
     local want=() pkg
     [ -x /usr/bin/etcd ] || want+=(etcd-server)
+    command -v pgbackrest >/dev/null 2>&1 || want+=(pgbackrest)
     command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || want+=(haproxy)
     [ -x "$PG_BIN/postgres" ] || want+=(postgresql-15)
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || want+=(python3-venv)

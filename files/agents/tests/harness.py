@@ -546,11 +546,14 @@ class PghaCluster:
 
     def __init__(self, tmp: Path, *, keepers: int = 3, sentinels: int = 2, proxies: int = 1,
                  spec: dict[str, Any] | None = None, etcd_members: int = 1, cluster_name: str | None = None,
-                 log_level: str = "info", secure_store: bool = False, pg_tls: bool = True) -> None:
+                 log_level: str = "info", secure_store: bool = False, pg_tls: bool = True,
+                 backup_repo: bool = False) -> None:
         """``secure_store``: etcd on HTTPS wanting client certificates, with etcd authentication on and
         each component (and pghactl, as the operator) logging in as its own user (pgha.store.auth).
         ``pg_tls``: every keeper's PostgreSQL with a certificate from the cluster's CA (``tmp/pg-pki``),
         logins over TCP only with TLS, the members verifying each other (the default, as deployed).
+        ``backup_repo``: every keeper archives WAL to, and backs up into, the pgBackRest repository
+        ``tmp/backup-repo`` (``self.backup_repo``).
 
         Clients (``connect_rw`` ...) log in as the application role ``app`` to its database ``app``;
         the superuser only over a keeper's Unix socket (``connect_superuser``)."""
@@ -586,6 +589,7 @@ class PghaCluster:
 
             self._pg_ca, _ = pki.ensure_ca(self.pg_pki, f"pgha {self.cluster_name} test CA")
             self.pg_ca_file = str(self.pg_pki / "ca.crt")
+        self.backup_repo = self._own_dir(self.tmp / "backup-repo", 0o750) if backup_repo else None
         self.store_passwords: dict[str, str] = {}
         self.store_password_files: dict[str, Path] = {}
         if secure_store:
@@ -679,6 +683,7 @@ class PghaCluster:
             "--pg-repl-username", "repluser", "--pg-repl-password-file", str(self.repl_password_file),
             "--pg-app-username", "app", "--pg-app-password-file", str(self.app_password_file),
             "--api-listen-address", "127.0.0.1", "--api-port", str(api_port), *tls,
+            *(["--backup-repo-path", str(self.backup_repo)] if self.backup_repo else []),
         ])
         self.keepers[uid] = agent
         self.keeper_pg_port[uid] = pg_port

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pgha import cli
+from pgha.backup import BACKUP_TYPES, summary as backup_summary
 from pgha.model import (
     COMMAND_SWITCHOVER,
     FORMAT_VERSION,
@@ -68,6 +69,7 @@ def _keeper_row(uid: str, st: KeeperStatus | None, cd: ClusterData | None, prima
         "pending_restart": bool(st and st.pending_restart),
         "drained": bool(want and want.drained),
         "pg_tls": bool(st and st.pg_tls),
+        "backup": backup_summary(st.backup, time.time()) if st else None,
     }
 
 
@@ -317,6 +319,76 @@ class Ctl:
             raise CtlError(f"no leading sentinel took the switchover request within {timeout:.0f}s")
         raise CtlError(f"switchover did not complete within {timeout:.0f}s (see pghactl status)")
 
+    # ------------------------------------------------------------------ backups
+    def keeper_statuses(self) -> dict[str, KeeperStatus]:
+        """The keepers' status documents, believed as the sentinel believes them."""
+        kvs, _ = self.store.get_prefix(self.keys.keepers)
+        out: dict[str, KeeperStatus] = {}
+        for kv in kvs:
+            try:
+                st = load_status(KeeperStatus, kv.key[len(self.keys.base):], kv.value, kv.lease)
+            except FormatError:
+                continue
+            out[st.uid] = st
+        return out
+
+    def backup(self, kind: str = "full", timeout: float = 3600.0) -> dict[str, Any]:
+        """Ask the primary's keeper for a backup and wait for it: the backup as listed, with its id
+        and seconds. The primary backs up (a standby backup needs the primary's host as well, which
+        a local repository does not give)."""
+        if kind not in BACKUP_TYPES:
+            raise CtlError(f"--type {kind}: one of {', '.join(BACKUP_TYPES)}")
+        cd = self.clusterdata()
+        if cd is None or cd.primary is None:
+            raise CtlError(f"cluster {self.cluster} has no primary to back up")
+        st = self.keeper_statuses().get(cd.primary)
+        if st is None:
+            raise CtlError(f"the primary's keeper {cd.primary} does not report: nothing to back up from")
+        if not st.backup:
+            raise CtlError(f"keeper {cd.primary} has no backup repository (pgha-keeper --backup-repo-path)")
+        if not st.backup.get("stanza"):
+            raise CtlError(f"keeper {cd.primary} has not created the pgBackRest stanza yet (see its log)")
+        rid = uuid.uuid4().hex[:12]
+        self.store.put(self.keys.backup_request, dumps({"format_version": FORMAT_VERSION, "id": rid, "type": kind,
+                                                        "keeper": cd.primary, "requested_at": time.time()}))
+        deadline = time.monotonic() + timeout
+        seen = False
+        try:
+            while time.monotonic() < deadline:
+                st = self.keeper_statuses().get(cd.primary)
+                last = (st.backup.get("last") if st and isinstance(st.backup, dict) else None) or {}
+                if isinstance(last, dict) and last.get("id") == rid:
+                    seen = True
+                    if last.get("state") == "done":
+                        listed = [b for b in st.backup.get("backups") or []
+                                  if isinstance(b, dict) and b.get("label") == last.get("label")]
+                        return {"id": rid, "keeper": cd.primary, "seconds": last.get("seconds"),
+                                **(listed[0] if listed else {"label": last.get("label"), "type": kind})}
+                    if last.get("state") == "failed":
+                        raise CtlError(f"backup failed on keeper {cd.primary}: {last.get('error')}")
+                time.sleep(0.2)
+        finally:
+            self.store.delete(self.keys.backup_request)
+        if not seen:
+            raise CtlError(f"keeper {cd.primary} did not take the backup request within {timeout:.0f}s")
+        raise CtlError(f"the backup did not finish within {timeout:.0f}s (it goes on: see keeper {cd.primary}'s log)")
+
+    def backups(self) -> list[dict[str, Any]]:
+        """The repository's backups, as the keeper that listed it last reports them."""
+        best: tuple[float, list[dict[str, Any]]] | None = None
+        for st in self.keeper_statuses().values():
+            b = st.backup if isinstance(st.backup, dict) else {}
+            listed, at = b.get("backups"), b.get("listed_at")
+            if isinstance(listed, list) and isinstance(at, (int, float)) and (best is None or at > best[0]):
+                best = (float(at), [x for x in listed if isinstance(x, dict)])
+        if best is None:
+            raise CtlError(f"no keeper of cluster {self.cluster} reports a backup repository "
+                           "(pgha-keeper --backup-repo-path), or none has listed it yet")
+        return [{k: x.get(k) for k in BACKUP_FIELDS} for x in best[1]]
+
+
+BACKUP_FIELDS = ("label", "type", "start", "stop", "wal_start", "wal_stop", "size_bytes")
+
 
 # ---------------------------------------------------------------------------------- command line
 
@@ -409,6 +481,37 @@ def _cmd_failkeeper(args: argparse.Namespace, ctl: Ctl) -> None:
 def _cmd_removekeeper(args: argparse.Namespace, ctl: Ctl) -> None:
     ctl.removekeeper(args.uid)
     print(f"requested: keeper {args.uid} will be removed")
+
+
+def _cmd_backup(args: argparse.Namespace, ctl: Ctl) -> None:
+    r = ctl.backup(args.type, timeout=args.timeout)
+    if args.format == "json":
+        print(json.dumps(r, indent=2, sort_keys=True))
+    else:
+        print(f"backup {r.get('label')} ({r.get('type')}) done on keeper {r['keeper']} in {r.get('seconds')}s")
+
+
+def _cmd_backups(args: argparse.Namespace, ctl: Ctl) -> None:
+    listed = ctl.backups()
+    if args.format == "json":
+        print(json.dumps(listed, indent=2, sort_keys=True))
+        return
+    if not listed:
+        print("no backups")
+    for b in listed:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["start"])) if b.get("start") else "-"
+        print(f"{b['label']}  {b['type']:<4}  {when}  WAL {b.get('wal_start')}..{b.get('wal_stop')}  "
+              f"{b.get('size_bytes')} bytes")
+
+
+def _args_backup(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--type", choices=BACKUP_TYPES, default="full", help="full (default), diff or incr")
+    sp.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the backup (default 3600)")
+    sp.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _args_backups(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def _args_init(sp: argparse.ArgumentParser) -> None:
@@ -570,6 +673,9 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
               "from it, so that restarting it stalls no commit (--undo: end it)", _args_drain, _cmd_drain),
     "failkeeper": ("make the sentinel treat a keeper as failed once (forces failover)", _args_uid, _cmd_failkeeper),
     "removekeeper": ("remove a (dead) keeper from the cluster", _args_uid, _cmd_removekeeper),
+    "backup": ("back up the cluster now with pgBackRest (keepers with --backup-repo-path); waits for it",
+               _args_backup, _cmd_backup),
+    "backups": ("list the backups in the repository", _args_backups, _cmd_backups),
 }
 
 

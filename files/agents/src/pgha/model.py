@@ -42,7 +42,8 @@ def keys(prefix: str, cluster: str) -> "Keys":
 
 # key name -> what follows the cluster's base (see the module doc)
 _KEYS = {"spec": "spec", "clusterdata": "clusterdata", "leader": "sentinel-leader", "keepers": "keepers/",
-         "sentinels": "sentinels/", "proxies": "proxies/", "commands": "commands/"}
+         "sentinels": "sentinels/", "proxies": "proxies/", "commands": "commands/",
+         "backup_request": "backup/request"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Keys:
     sentinels: str = field(init=False)
     proxies: str = field(init=False)
     commands: str = field(init=False)
+    backup_request: str = field(init=False)  # pghactl backup: {id, type, keeper}; carried out by that keeper
 
     def __post_init__(self) -> None:
         for name, suffix in _KEYS.items():
@@ -395,6 +397,10 @@ class KeeperStatus(Document):
     lease_ttl: int = 0  # the TTL the store granted to the keeper's lease
     pg_tls: bool = False  # its PostgreSQL serves TLS and takes TCP logins only with it
     roles_ready: bool = False  # as primary, it has created its roles and the application database
+    # with a backup repository: {"stanza": bool, "last": {id, state, type, label, error, finished_at},
+    # "backups": [{label, type, start, stop, wal_start, wal_stop, size_bytes}], "archived_count",
+    # "failed_count", "last_archived_at", "last_failed_at"} (pgha.keeper.backups); {} without
+    backup: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "KeeperStatus":
@@ -434,6 +440,7 @@ class KeeperStatus(Document):
                 lease_ttl=f.get(int, "lease_ttl", 0),
                 pg_tls=f.get(bool, "pg_tls", False),
                 roles_ready=f.get(bool, "roles_ready", False),
+                backup=f.get(dict, "backup", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"keeper status: malformed ({exc})") from None

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     "convergence_timeout": 60.0,
     "switchover_timeout": 30.0,
     "dead_keeper_removal_interval": 48 * 3600.0,
+    # with a backup repository (pgha-keeper --backup-repo-path): a WAL segment is archived at least
+    # this often when there are writes (what a total loss costs at most), and full backups kept
+    "archive_timeout": 10.0,
+    "backup_retention_full": 2,
 }
 
 DURATION_KEYS = {
@@ -47,6 +51,7 @@ DURATION_KEYS = {
     "convergence_timeout",
     "switchover_timeout",
     "dead_keeper_removal_interval",
+    "archive_timeout",
 }
 
 # Parameters the keeper owns: setting them in pg_parameters would break replication or fencing.
@@ -180,6 +185,8 @@ class Spec:
     convergence_timeout: float
     switchover_timeout: float
     dead_keeper_removal_interval: float
+    archive_timeout: float = 10.0
+    backup_retention_full: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (what is stored and printed)."""
@@ -276,6 +283,9 @@ def normalize(doc: Any) -> Spec:
     spec["min_synchronous_standbys"] = _int("min_synchronous_standbys", spec["min_synchronous_standbys"], 0)
     spec["max_synchronous_standbys"] = _int("max_synchronous_standbys", spec["max_synchronous_standbys"], 1)
     spec["max_standby_lag"] = _int("max_standby_lag", spec["max_standby_lag"], 0)
+    spec["backup_retention_full"] = _int("backup_retention_full", spec["backup_retention_full"], 1)
+    if not 1 <= spec["archive_timeout"] <= 3600:
+        raise SpecError("archive_timeout: between 1s and 1h (longer risks that much data on a total loss)")
 
     if spec["min_synchronous_standbys"] > spec["max_synchronous_standbys"]:
         raise SpecError("min_synchronous_standbys must not exceed max_synchronous_standbys")

@@ -40,9 +40,17 @@ class Actions:
     _hba_dropped: set[str]  # spec pg_hba lines left out (logged once)
     _tls_files: tuple | None = None  # (inode, size, mtime) of the TLS files when last looked at
 
+    # without a backup repository; pgha.keeper.backups.Backups (ahead of this class in Keeper) has them
+    def backup_parameters(self) -> dict[str, str]:
+        return {}
+
+    def write_backup_config(self) -> None:
+        pass
+
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
         params.update(self.spec.pg_parameters)
+        params.update(self.backup_parameters())
         if not primary:
             for name, default in HOT_STANDBY_PARAMETERS.items():
                 upstream = self.primary_minimums.get(name)
@@ -167,6 +175,7 @@ class Actions:
             self.primary_minimums = found
 
     def configure(self, want: KeeperSpec | None, primary: bool, follow_addr: str | None) -> bool:
+        self.write_backup_config()
         if primary:
             changed = self.pg.write_config(self.pg_parameters(True, want), self.pg_hba(), None, None)
         else:

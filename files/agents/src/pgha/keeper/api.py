@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from pgha.backup import summary as backup_summary
 from pgha.http import prometheus
 from pgha.model import ROLE_PRIMARY, ROLE_REPLICA
 
@@ -56,7 +58,26 @@ class Api:
                  labels, self.lease.age() if self.lease.age() is not None else -1.0),
                 ("pgha_keeper_fenced", "gauge", "1 when the keeper fenced itself (lease lapsed)", labels,
                  1.0 if self.fenced else 0.0),
-            ]
+            ] + self.backup_metrics(labels)
             return 200, "text/plain; version=0.0.4", prometheus(m)
 
         return {"/health": health, "/primary": primary, "/replica": replica, "/metrics": metrics}
+
+    def backup_metrics(self, labels: dict[str, str]) -> list[tuple[str, str, str, dict[str, str], float]]:
+        """With a backup repository: seconds since the last backup and the last archived segment,
+        archive failures (-1: not known yet)."""
+        b = backup_summary(self.backup_state, time.time()) if self.backup_state else None
+        if b is None:
+            return []
+
+        def known(value: float | None) -> float:
+            return -1.0 if value is None else float(value)
+        return [
+            ("pgha_keeper_backup_age_seconds", "gauge", "seconds since the newest backup finished", labels,
+             known(b["seconds_since_backup"])),
+            ("pgha_keeper_archive_age_seconds", "gauge", "seconds since a WAL segment was last archived (primary)",
+             labels, known(b["seconds_since_archived"])),
+            ("pgha_keeper_archive_failures_total", "counter", "failed WAL archive attempts (primary)", labels,
+             known(b["failed_count"])),
+        ]
+

@@ -36,6 +36,7 @@ from pgha.http import ApiServer
 from pgha.keeper import decide as kd
 from pgha.keeper.actions import ACTIONS, Actions
 from pgha.keeper.api import Api
+from pgha.keeper.backups import Backups, repo_path_ok
 from pgha.keeper.fencing import Fencing
 from pgha.keeper.pg import PgConfig, PgError, Postgres
 from pgha.keeper.status import Reporting
@@ -114,7 +115,7 @@ def valid_role_name(name: str) -> bool:
         and name != "public"
 
 
-class Keeper(Fencing, Reporting, Actions, Api):
+class Keeper(Fencing, Reporting, Backups, Actions, Api):
     """One keeper: its state and main loop here; lease and fence (``fencing``), status (``status``),
     actions (``actions``) and HTTP API (``api``) in the modules next to this one."""
 
@@ -163,6 +164,7 @@ class Keeper(Fencing, Reporting, Actions, Api):
         self._controldata_cache: tuple[float, dict[str, str]] | None = None
         self.api: ApiServer | None = None
         self.primary_minimums: dict[str, int] = {}  # hot-standby parameters of the primary we follow
+        self.init_backups()
 
     # ================================================================== local state
     def load_state(self) -> None:
@@ -289,6 +291,8 @@ class Keeper(Fencing, Reporting, Actions, Api):
         threading.Thread(target=self.fence_loop, name="fence", daemon=True).start()
         threading.Thread(target=self.lease_loop, name="lease", daemon=True).start()
         threading.Thread(target=self.status_loop, name="status", daemon=True).start()
+        if self.backup_cfg is not None:
+            threading.Thread(target=self.backup_loop, name="backup", daemon=True).start()
         logger.info("keeper %s starting: data %s, PostgreSQL %s, advertised %s", self.uid, self.data_dir,
                     self.pg.version() or "(no data yet)", self.advertise)
         # nothing to decide before we hold a lease: without one PostgreSQL may not run as primary
@@ -359,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_flag("--api-port", type=int, default=0, help="port of the HTTP API (/health /primary /replica /metrics); "
                                                        "0 disables it")
     p.add_flag("--can-be-master", type=cli.parse_bool, default=True, help="may this keeper become primary")
+    p.add_flag("--backup-repo-path", help="pgBackRest repository (a directory; stanza = the cluster name): WAL "
+                                          "archived there, backups on request (pghactl backup); none when not given")
+    p.add_flag("--backup-bin", default="pgbackrest", help="the pgbackrest program")
     args = p.parse_args(argv)
     pglog.setup("keeper", args.log_level)
     logger.debug("open files limit: %d", cli.raise_open_files_limit())
@@ -375,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.die("--pg-su-username and --pg-repl-username must differ: the replication role logs in over TCP, "
                 "the superuser never does")
     app_pw = check_app_and_tls(args)
+    if args.backup_repo_path and (why := repo_path_ok(args.backup_repo_path)):
+        cli.die(f"--backup-repo-path {args.backup_repo_path}: {why}")
     data_dir = Path(args.data_dir)
     try:
         lock = lock_data_dir(data_dir)

@@ -80,6 +80,7 @@ class Reporting:
             lease_ttl=self.lease.ttl,
             pg_tls=self.pg.cfg.tls,
             roles_ready=self.roles_ensured,
+            backup=self.backup_state,
         )
 
     def desired_role(self) -> str:

@@ -1,0 +1,170 @@
+"""pgBackRest for one keeper: its configuration, the PostgreSQL parameters that archive and restore
+WAL through it, its command lines, and what ``pgbackrest info`` says, as plain data (no I/O here
+but ``run``; the keeper calls these, see ``pgha.keeper.actions``).
+
+The stanza is the cluster's name. The repository is a local path (``--backup-repo-path``): one
+host's disk, or a file system the keepers' hosts share. Archiving is asynchronous (``archive-async``,
+a spool directory in the keeper's data directory) so a slow repository does not hold up commits
+for long; ``archive_timeout`` (spec) bounds the WAL a total loss costs when writes are few.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BACKUP_TYPES = ("full", "diff", "incr")
+
+
+class BackupError(RuntimeError):
+    """pgBackRest failed; the message says what and why (its own last error line)."""
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """What a keeper's pgBackRest needs."""
+
+    bin: str  # the pgbackrest program
+    stanza: str  # the cluster's name
+    repo_path: str
+    work_dir: Path  # spool, lock and log directories, in the keeper's data directory
+    pgdata: Path
+    pg_port: int
+    pg_socket_dir: Path
+    pg_user: str
+    retention_full: int = 2
+
+    @property
+    def config_file(self) -> Path:
+        return self.work_dir / "pgbackrest.conf"
+
+
+def config_text(cfg: BackupConfig) -> str:
+    """pgbackrest.conf for ``cfg`` (written by the keeper, mode 0600)."""
+    lines = [
+        "# Written by pgha-keeper: pgBackRest for this keeper's PostgreSQL (stanza = the cluster's name).",
+        "[global]",
+        f"repo1-path={cfg.repo_path}",
+        f"repo1-retention-full={cfg.retention_full}",
+        "archive-async=y",
+        f"spool-path={cfg.work_dir / 'spool'}",
+        f"lock-path={cfg.work_dir / 'lock'}",
+        f"log-path={cfg.work_dir / 'log'}",
+        "log-level-console=warn",
+        "log-level-stderr=error",
+        "log-level-file=info",
+        "start-fast=y",
+        "process-max=2",
+        "",
+        f"[{cfg.stanza}]",
+        f"pg1-path={cfg.pgdata}",
+        f"pg1-port={cfg.pg_port}",
+        f"pg1-socket-path={cfg.pg_socket_dir}",
+        f"pg1-user={cfg.pg_user}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _base(cfg: BackupConfig) -> list[str]:
+    return [cfg.bin, f"--config={cfg.config_file}", f"--stanza={cfg.stanza}"]
+
+
+def pg_parameters(cfg: BackupConfig, archive_timeout: float) -> dict[str, str]:
+    """PostgreSQL's archiving and restore parameters (a replica archives nothing with
+    archive_mode=on; it fetches from the archive what its primary no longer keeps)."""
+    base = " ".join(shlex.quote(a) for a in _base(cfg))
+    return {
+        "archive_mode": "on",
+        "archive_command": f"{base} archive-push %p",
+        "restore_command": f"{base} archive-get %f \"%p\"",
+        "archive_timeout": f"{max(1, int(archive_timeout))}s",
+    }
+
+
+def argv(cfg: BackupConfig, command: str, *extra: str) -> list[str]:
+    return _base(cfg) + list(extra) + [command]
+
+
+def backup_argv(cfg: BackupConfig, kind: str) -> list[str]:
+    if kind not in BACKUP_TYPES:
+        raise ValueError(f"backup type {kind!r}: one of {', '.join(BACKUP_TYPES)}")
+    return argv(cfg, "backup", f"--type={kind}")
+
+
+def run(args: list[str], what: str, timeout: float | None = 600) -> str:
+    """Run pgBackRest; its stdout, or BackupError with its error line."""
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise BackupError(f"{what}: {args[0]} not found (install pgbackrest)") from None
+    except subprocess.TimeoutExpired:
+        raise BackupError(f"{what}: no answer within {timeout:g}s") from None
+    if proc.returncode != 0:
+        raise BackupError(f"{what} failed (exit {proc.returncode}): {last_error(proc.stderr + proc.stdout)}")
+    return proc.stdout
+
+
+def last_error(text: str) -> str:
+    """pgBackRest's ERROR line, else its last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR:" in line]
+    return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:500]
+
+
+def backups(info_json: str, stanza: str) -> list[dict[str, Any]]:
+    """The backups of ``stanza`` from ``pgbackrest info --output=json``, oldest first:
+    ``{label, type, start, stop, wal_start, wal_stop, size_bytes}`` (times as Unix seconds,
+    size_bytes what the repository holds for it)."""
+    try:
+        doc = json.loads(info_json or "[]")
+    except ValueError as exc:
+        raise BackupError(f"pgbackrest info: not JSON ({exc})") from None
+    out: list[dict[str, Any]] = []
+    for entry in doc if isinstance(doc, list) else []:
+        if not isinstance(entry, dict) or entry.get("name") != stanza:
+            continue
+        for b in entry.get("backup") or []:
+            if not isinstance(b, dict):
+                continue
+            ts = b.get("timestamp") or {}
+            archive = b.get("archive") or {}
+            repo = (b.get("info") or {}).get("repository") or {}
+            out.append({
+                "label": str(b.get("label", "")),
+                "type": str(b.get("type", "")),
+                "start": ts.get("start"),
+                "stop": ts.get("stop"),
+                "wal_start": archive.get("start"),
+                "wal_stop": archive.get("stop"),
+                "size_bytes": repo.get("delta", repo.get("size")),
+            })
+    out.sort(key=lambda b: (b["start"] or 0, b["label"]))
+    return out
+
+
+def summary(state: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """What ``pghactl status`` and /metrics show of a keeper's backup state (its status's ``backup``
+    field, which anyone who can write the store can forge: odd types read as unknown)."""
+    if not isinstance(state, dict) or not state:
+        return None
+
+    def number(value: Any) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    listed = [b for b in state.get("backups") or [] if isinstance(b, dict)] if isinstance(state.get("backups"), list) \
+        else []
+    stops = [s for s in (number(b.get("stop")) for b in listed) if s is not None]
+    last_archived = number(state.get("last_archived_at"))
+    return {
+        "stanza": state.get("stanza") is True,
+        "backups": len(listed),
+        "seconds_since_backup": round(now - max(stops), 1) if stops else None,
+        "archived_count": number(state.get("archived_count")),
+        "failed_count": number(state.get("failed_count")),
+        "seconds_since_archived": round(now - last_archived, 1) if last_archived is not None else None,
+    }

@@ -1,0 +1,215 @@
+"""Backups (part of ``pgha.keeper.main.Keeper``), with ``--backup-repo-path``: the keeper writes its
+pgBackRest configuration, its PostgreSQL archives WAL through it (``pgha.backup.pg_parameters``),
+and the **backup** thread, on its own so the main loop never waits for pgBackRest:
+
+* creates the stanza once this keeper is an initialized primary (idempotent, retried every 30 s
+  while it fails, each distinct failure logged once);
+* carries out the backup request ``pghactl backup`` left at ``backup/request`` when it names this
+  keeper (one at a time; a request already carried out is not run again after a restart);
+* lists the repository's backups (``pgbackrest info``) every minute and after each backup, and on
+  the primary reads ``pg_stat_archiver`` every few seconds;
+
+and what it knows is the ``backup`` field of the keeper's status (``pghactl backups``, /metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from pgha import backup as pb
+from pgha.model import ROLE_PRIMARY, FormatError, loads
+from pgha.store import StoreError
+
+logger = logging.getLogger("pgha.keeper")
+
+STANZA_RETRY = 30.0
+INFO_EVERY = 60.0
+ARCHIVER_EVERY = 5.0
+
+
+def parse_request(raw: bytes | str) -> dict[str, Any]:
+    """A backup request ``{id, type, keeper, requested_at}``; FormatError when malformed."""
+    d = loads(raw, "backup request")
+    rid, kind, keeper = d.get("id"), d.get("type", "full"), d.get("keeper")
+    if not isinstance(rid, str) or not rid.isalnum() or len(rid) > 32:
+        raise FormatError("backup request: id: expected up to 32 letters or digits")
+    if kind not in pb.BACKUP_TYPES:
+        raise FormatError(f"backup request: type: one of {', '.join(pb.BACKUP_TYPES)}")
+    if not isinstance(keeper, str):
+        raise FormatError("backup request: keeper: expected a keeper uid")
+    return {"id": rid, "type": kind, "keeper": keeper}
+
+
+class Backups:
+    """The backup thread and the pgBackRest configuration; uses the Keeper's args, pg, spec, store."""
+
+    backup_cfg: pb.BackupConfig | None = None
+    backup_state: dict[str, Any]
+
+    def init_backups(self) -> None:
+        self.backup_state = {}
+        if not self.args.backup_repo_path:
+            return
+        self.backup_cfg = pb.BackupConfig(
+            bin=self.args.backup_bin, stanza=self.args.cluster_name, repo_path=self.args.backup_repo_path,
+            work_dir=self.data_dir / "pgbackrest", pgdata=self.pg.pgdata, pg_port=self.args.pg_port,
+            pg_socket_dir=self.pg.sockdir, pg_user=self.args.pg_su_username)
+        self.backup_state = {"stanza": False, "repo": self.args.backup_repo_path}
+        self._stanza_tried = 0.0
+        self._info_at = 0.0
+        self._archiver_at = 0.0
+        self._backup_problem = ""
+
+    def backup_parameters(self) -> dict[str, str]:
+        if self.backup_cfg is None:
+            return {}
+        return pb.pg_parameters(self.backup_cfg, self.spec.archive_timeout)
+
+    def write_backup_config(self) -> None:
+        """pgbackrest.conf (0600) and its directories, rewritten when the spec's retention changes."""
+        cfg = self.backup_cfg
+        if cfg is None:
+            return
+        if cfg.retention_full != self.spec.backup_retention_full:
+            from dataclasses import replace
+            cfg = self.backup_cfg = replace(cfg, retention_full=self.spec.backup_retention_full)
+        for sub in ("", "spool", "lock", "log"):
+            (cfg.work_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        text = pb.config_text(cfg)
+        path = cfg.config_file
+        try:
+            if path.read_text() == text:
+                return
+        except FileNotFoundError:
+            pass
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        logger.info("pgBackRest configuration written: stanza %s, repository %s", cfg.stanza, cfg.repo_path)
+
+    # ------------------------------------------------------------------ the backup thread
+    def backup_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.backup_tick()
+            except Exception as exc:  # noqa: BLE001 - the thread must live: log and go on
+                logger.exception("backup thread: %s", exc)
+            self.stopping.wait(1.0)
+
+    def _set(self, **changes: Any) -> None:
+        """Replace the state (never mutate it: the status thread serializes it meanwhile)."""
+        self.backup_state = {**self.backup_state, **changes}
+
+    def _problem(self, text: str) -> None:
+        if text != self._backup_problem:
+            logger.warning("%s", text)
+            self._backup_problem = text
+
+    def backup_tick(self) -> None:
+        cfg = self.backup_cfg
+        assert cfg is not None
+        if not cfg.config_file.exists():
+            return
+        now = time.monotonic()
+        primary = self.status.role == ROLE_PRIMARY and self.status.healthy and self.roles_ensured
+        if primary and not self.backup_state.get("stanza") and now - self._stanza_tried >= STANZA_RETRY:
+            self._stanza_tried = now
+            try:
+                pb.run(pb.argv(cfg, "stanza-create"), "pgbackrest stanza-create", timeout=120)
+                self._set(stanza=True)
+                self._backup_problem = ""
+                logger.info("pgBackRest stanza %s ready in %s", cfg.stanza, cfg.repo_path)
+                self._info_at = 0.0
+            except pb.BackupError as exc:
+                self._problem(f"{exc} (WAL is not archived until it succeeds; retrying every {STANZA_RETRY:.0f}s)")
+        if primary and now - self._archiver_at >= ARCHIVER_EVERY:
+            self._archiver_at = now
+            self._read_archiver()
+        self._carry_out_request()
+        if now - self._info_at >= INFO_EVERY:
+            self._info_at = now
+            self._read_info()
+
+    def _read_archiver(self) -> None:
+        try:
+            conn = self.pg._connect()
+        except psycopg2.Error:
+            return
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT archived_count, failed_count, extract(epoch FROM last_archived_time), "
+                        "extract(epoch FROM last_failed_time), last_failed_wal FROM pg_stat_archiver")
+            archived, failed, last_ok, last_failed, failed_wal = cur.fetchone()
+            self._set(archived_count=int(archived), failed_count=int(failed),
+                      last_archived_at=float(last_ok) if last_ok else None,
+                      last_failed_at=float(last_failed) if last_failed else None, last_failed_wal=failed_wal)
+        except psycopg2.Error:
+            pass
+        finally:
+            conn.close()
+
+    def _read_info(self) -> None:
+        cfg = self.backup_cfg
+        assert cfg is not None
+        try:
+            out = pb.run(pb.argv(cfg, "info", "--output=json"), "pgbackrest info", timeout=60)
+            self._set(backups=pb.backups(out, cfg.stanza), listed_at=time.time())
+        except pb.BackupError as exc:
+            logger.debug("%s", exc)
+
+    def _carry_out_request(self) -> None:
+        try:
+            kv = self.store.get(self.keys.backup_request)
+        except StoreError:
+            return
+        if kv is None:
+            return
+        try:
+            req = parse_request(kv.value)
+        except FormatError as exc:
+            self._problem(f"ignoring {self.keys.backup_request}: {exc}")
+            return
+        if req["keeper"] != self.uid or req["id"] == self.local_state.get("backup_done_id"):
+            return
+        cfg = self.backup_cfg
+        assert cfg is not None
+        last: dict[str, Any] = {"id": req["id"], "type": req["type"], "state": "running", "started_at": time.time()}
+        self._set(last=dict(last))
+        self.wake_heartbeat()
+        logger.info("backup %s (%s) requested: running pgbackrest backup", req["id"], req["type"])
+        t0 = time.monotonic()
+        try:
+            if not self.backup_state.get("stanza"):
+                raise pb.BackupError("the stanza is not created yet (this keeper is not an initialized primary, "
+                                     "or stanza-create fails: see its log)")
+            pb.run(pb.backup_argv(cfg, req["type"]), "pgbackrest backup", timeout=None)
+            self._read_info()
+            done = self.backup_state.get("backups") or []
+            last.update(state="done", label=done[-1]["label"] if done else None)
+            logger.info("backup %s done in %.1fs: %s", req["id"], time.monotonic() - t0, last.get("label"))
+        except pb.BackupError as exc:
+            last.update(state="failed", error=str(exc))
+            logger.error("backup %s failed: %s", req["id"], exc)
+        last["finished_at"] = time.time()
+        last["seconds"] = round(time.monotonic() - t0, 3)
+        self._set(last=dict(last))
+        self.save_state(backup_done_id=req["id"])
+        self.wake_heartbeat()
+
+
+def repo_path_ok(path: str) -> str | None:
+    """Why ``path`` cannot be a backup repository (None when it can)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return "must be an absolute path"
+    if p.exists() and not p.is_dir():
+        return "exists and is not a directory"
+    return None

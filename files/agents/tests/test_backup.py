@@ -3,7 +3,9 @@ real etcd, PostgreSQL and pgBackRest, archiving, ``pghactl backup`` and ``pghact
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -65,10 +67,12 @@ def test_the_summary_reads_a_forged_state_as_unknown() -> None:
              "archived_count": 7, "failed_count": 0}
     s = pb.summary(state, now=1764757310.0)
     assert s == {"stanza": True, "backups": 2, "seconds_since_backup": 100.0, "archived_count": 7.0,
-                 "failed_count": 0.0, "seconds_since_archived": 10.0}
+                 "failed_count": 0.0, "seconds_since_archived": 10.0, "restored": None}
     forged = pb.summary({"stanza": "yes", "backups": "many", "last_archived_at": "now", "failed_count": True}, 0.0)
     assert forged == {"stanza": False, "backups": 0, "seconds_since_backup": None, "archived_count": None,
-                      "failed_count": None, "seconds_since_archived": None}
+                      "failed_count": None, "seconds_since_archived": None, "restored": None}
+    restored = pb.summary({"restored": {"backup": "20261203-101500F", "timeline": 3, "target": ["x"]}}, 0.0)
+    assert restored["restored"] == {"backup": "20261203-101500F", "timeline": 3}
     assert pb.summary({}, 0.0) is None
 
 
@@ -84,6 +88,59 @@ def test_the_last_error_line_of_pgbackrest() -> None:
     out = "2026-12-03 INFO: start\nERROR: [055]: unable to load info file '/r/backup.info'\nmore"
     assert pb.last_error(out) == "ERROR: [055]: unable to load info file '/r/backup.info'"
     assert pb.last_error("") == "no output"
+
+
+LISTED = pb.backups(json.dumps(INFO), "main")  # a full backup ended 1764756920, an incremental 1764757210
+
+
+def ts(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(sep=" ")
+
+
+@pytest.mark.parametrize("pitr,label", [
+    ({}, "20261203-101500F_20261203-102000I"),  # the end of the archive: the latest backup
+    ({"target_time": ts(1764757300)}, "20261203-101500F_20261203-102000I"),
+    ({"target_time": ts(1764757000)}, "20261203-101500F"),  # before the incremental ended
+    ({"target_time": ts(1764757300), "backup": "20261203-101500F"}, "20261203-101500F"),
+    ({"target_lsn": "0/5000000"}, "20261203-101500F_20261203-102000I"),
+])
+def test_the_backup_a_recovery_starts_from(pitr: dict[str, str], label: str) -> None:
+    assert pb.choose_backup(LISTED, pitr, "main") == label
+
+
+@pytest.mark.parametrize("pitr,listed,fragment", [
+    ({"target_time": ts(1764756910)}, LISTED, "before the end of the oldest backup (20261203-101500F"),
+    ({"backup": "20261201-000000F"}, LISTED, "is not in the repository of stanza main"),
+    ({"target_time": ts(1764757000), "backup": "20261203-101500F_20261203-102000I"}, LISTED, "not before the target"),
+    ({}, [], "holds no backup of stanza main"),
+])
+def test_a_target_no_backup_can_reach_is_refused(pitr: dict[str, str], listed: list, fragment: str) -> None:
+    with pytest.raises(pb.BackupError, match=re.escape(fragment)):
+        pb.choose_backup(listed, pitr, "main")
+
+
+def test_the_restore_command_line_and_the_recovery_parameters() -> None:
+    at = "2026-12-03 10:20:00+00:00"
+    argv = pb.restore_argv(CFG, {"target_time": at}, "20261203-101500F")
+    assert argv[:3] == ["/usr/bin/pgbackrest", "--config=/d/pgbackrest/pgbackrest.conf", "--stanza=main"]
+    assert argv[-1] == "restore" and "--set=20261203-101500F" in argv
+    assert "--type=time" in argv and f"--target={at}" in argv and "--target-action=promote" in argv
+    to_end = pb.restore_argv(CFG, {}, "20261203-101500F")
+    assert not any(a.startswith(("--type", "--target")) for a in to_end)
+    assert "--type=lsn" in pb.restore_argv(CFG, {"target_lsn": "0/5000000"}, "x")
+    params = pb.recovery_parameters(CFG, {"target_name": "before-upgrade"})
+    assert params == {"restore_command": pb.pg_parameters(CFG, 10)["restore_command"],
+                      "recovery_target_name": "before-upgrade", "recovery_target_action": "promote"}
+    assert pb.recovery_parameters(CFG, {}).keys() == {"restore_command"}
+    assert pb.describe_target({"target_time": at}) == f"time {at}" and pb.describe_target({}) == "the end of the archive"
+    out = "P00   INFO: repo1: restore backup set 20261203-101500F, recovery will start at 2026-12-03 10:15:00\n"
+    assert pb.restored_set(out) == "20261203-101500F" and pb.restored_set("") is None
+
+
+def test_restoring_another_clusters_backups_gives_its_stanza_this_postgresql() -> None:
+    text = pb.config_text(CFG, restore_from="old")
+    assert "[main]\npg1-path=/d/postgres" in text and "[old]\npg1-path=/d/postgres\npg1-port=5432" in text
+    assert "[old]" not in pb.config_text(CFG, restore_from="main")
 
 
 # ------------------------------------------------------------------ real pgBackRest
@@ -170,3 +227,113 @@ def test_without_a_repository_pghactl_backup_says_so(cluster_factory) -> None:
     assert r.returncode != 0 and "reports a backup repository" in r.stderr
     r = c.ctl("backup", "--type", "everything", check=False)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def _archive_everything(c: Any, primary: str) -> None:
+    """Switch to a new WAL segment and wait until the one just closed is in the archive."""
+    conn = c.connect_superuser(primary)
+    try:
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("SELECT pg_walfile_name(pg_switch_wal())")
+        segment = cur.fetchone()[0]
+        deadline = time.monotonic() + 60
+        while True:
+            cur.execute("SELECT last_archived_wal FROM pg_stat_archiver")
+            done = cur.fetchone()[0]
+            if done is not None and done[8:] >= segment[8:]:
+                return
+            assert time.monotonic() < deadline, f"{segment} not archived within 60s (last: {done})"
+            time.sleep(0.2)
+    finally:
+        conn.close()
+
+
+def _marks(c: Any, **kw: Any) -> list[int]:
+    conn = c.connect_rw(**kw)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT i FROM marks ORDER BY i")
+        return [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+@needs_pgbackrest
+def test_point_in_time_recovery_in_place_restores_exactly_the_rows_before_the_target(cluster_factory) -> None:
+    from test_integration_ha import healthy_cluster, primary_of
+
+    c = cluster_factory(keepers=2, sentinels=1, proxies=1, backup_repo=True)
+    st = c.wait_for(healthy_cluster(2), timeout=120, what="two keepers, archiving")
+    primary, old_uid, old_tl = primary_of(st), st["cluster"]["uid"], keeper_rows(c)[primary_of(st)]["timeline"]
+    c.wait_for(lambda s: (keeper_rows(c)[primary]["backup"] or {}).get("stanza"), timeout=90,
+               what="the primary's stanza created")
+    conn = c.connect_rw()
+    try:
+        conn.autocommit = True
+        conn.cursor().execute("CREATE TABLE marks (i int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    finally:
+        conn.close()
+    backup = json.loads(c.ctl("backup", "--format", "json", timeout=300).stdout)
+    # one row per transaction; the target is read from the server's clock between rows 3 and 4
+    conn = c.connect_rw()
+    target = ""
+    try:
+        conn.autocommit = True
+        cur = conn.cursor()
+        for i in range(1, 7):
+            cur.execute("INSERT INTO marks (i) VALUES (%s)", (i,))
+            time.sleep(0.3)
+            if i == 3:
+                cur.execute("SELECT clock_timestamp()::text")
+                target = cur.fetchone()[0]
+                time.sleep(0.3)
+    finally:
+        conn.close()
+    _archive_everything(c, primary)
+
+    # a target before the backup ended is refused before any data directory is touched
+    early = json.dumps({"init_mode": "pitr", "pitr": {"target_time": "2020-01-01 00:00:00+00"}})
+    c.ctl("init", "--yes", "--spec", early)
+    st = c.wait_for(lambda s: any("before the end of the oldest backup" in (k["error"] or "") for k in s["keepers"]),
+                    timeout=90, what="the keeper chosen to restore refusing the target")
+    assert st["cluster"]["phase"] == "initializing" and st["cluster"]["uid"] != old_uid
+    for uid in c.keepers:
+        assert (c.tmp / uid / "data" / "postgres" / "PG_VERSION").exists(), f"{uid}'s data was touched"
+    assert "before the end of the oldest backup" in c.ctl("status").stdout
+
+    spec = json.dumps({"init_mode": "pitr", "pitr": {"target_time": target}})
+    out = c.ctl("init", "--yes", "--spec", spec).stdout
+    assert "point-in-time recovery to time" in out and "discard" in out
+    st = c.wait_for(lambda s: healthy_cluster(2)(s) and s["cluster"]["uid"] not in (old_uid, st["cluster"]["uid"]),
+                    timeout=240, what="the cluster restored in place, both keepers back")
+    new_primary = primary_of(st)
+    assert _marks(c) == [1, 2, 3]  # exactly the rows committed before the target: none missing, none extra
+    row = keeper_rows(c)[new_primary]
+    restored = row["backup"]["restored"]
+    assert restored["backup"] == backup["label"] and restored["stanza"] == c.cluster_name
+    assert restored["target"].startswith("time ") and restored["timeline"] > old_tl and row["timeline"] > old_tl
+    replica = next(uid for uid in c.keepers if uid != new_primary)
+    conn = c.connect_superuser(replica, dbname="app")
+    try:
+        cur = conn.cursor()
+        deadline = time.monotonic() + 60
+        while True:
+            cur.execute("SELECT count(*) FROM marks")
+            if cur.fetchone()[0] == 3:
+                break
+            assert time.monotonic() < deadline, "the replica did not clone the restored primary"
+            time.sleep(0.5)
+        cur.execute("SHOW recovery_target_time")
+        assert cur.fetchone()[0] == ""  # no recovery target left behind on a standby
+    finally:
+        conn.close()
+    conn = c.connect_rw()
+    try:
+        conn.autocommit = True
+        conn.cursor().execute("INSERT INTO marks (i) VALUES (100)")  # writable, on the new timeline
+    finally:
+        conn.close()
+    assert "point-in-time recovery done" in c.keepers[new_primary].log_text()
+    c.check_logs()

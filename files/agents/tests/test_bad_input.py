@@ -86,7 +86,20 @@ def test_malformed_endpoint() -> None:
     ({"pg_parameters": {"port": "1"}}, "pg_parameters.port"),
     ({"pg_parameters": {"work_mem": ["x"]}}, "pg_parameters.work_mem"),
     ({"pg_hba": ["host all all 0.0.0.0/0 md5\nlocal all all trust"]}, "pg_hba"),
-    ({"init_mode": "pitr"}, "init_mode"),
+    ({"init_mode": "restore"}, "init_mode"),
+    ({"pitr": {}}, "pitr: only with init_mode"),
+    ({"init_mode": "pitr", "pitr": "yesterday"}, "pitr: expected an object"),
+    ({"init_mode": "pitr", "pitr": {"target": "x"}}, "pitr: unknown key"),
+    ({"init_mode": "pitr", "pitr": {"target_time": "2026-12-01 10:00:00"}}, "has no time zone"),
+    ({"init_mode": "pitr", "pitr": {"target_time": "last tuesday"}}, "pitr.target_time: cannot read"),
+    ({"init_mode": "pitr", "pitr": {"target_time": "2026-12-01 10:00+00", "target_name": "x"}}, "give one target"),
+    ({"init_mode": "pitr", "pitr": {"target_lsn": "0/3'; DROP"}}, "pitr.target_lsn"),
+    ({"init_mode": "pitr", "pitr": {"target_name": "a'b"}}, "pitr.target_name"),
+    ({"init_mode": "pitr", "pitr": {"backup": "latest"}}, "pitr.backup"),
+    ({"init_mode": "pitr", "pitr": {"stanza": "../x"}}, "pitr.stanza"),
+    ({"init_mode": "pitr", "pitr": {"replaces": "c0"}}, "pitr.replaces"),
+    ({"init_mode": "pitr", "pitr": {"target_time": 1764756900}}, "pitr.target_time: expected a string"),
+    ({"pg_parameters": {"recovery_target_time": "2026-12-01 10:00+00"}}, "pg_parameters.recovery_target_time"),
     ({"init_mode": "existing"}, "existing_keeper"),
     ({"synchronous_replication": "yes"}, "synchronous_replication"),
     ([1, 2], "spec"),
@@ -145,6 +158,11 @@ def test_merge_patch_and_update() -> None:
     assert new.pg_parameters == {"maintenance_work_mem": "64MB"} and new.fail_interval == 5.0
     with pytest.raises(specmod.SpecError, match="init_mode"):
         specmod.update(s, {"init_mode": "existing", "existing_keeper": "k1"})
+    p = specmod.normalize({"init_mode": "pitr", "pitr": {"target_time": "2026-12-01T10:00:00Z", "backup": None}})
+    assert p.pitr == {"target_time": "2026-12-01 10:00:00+00:00"}
+    assert specmod.normalize(p.to_dict()) == p  # the stored form reads back the same
+    with pytest.raises(specmod.SpecError, match="pitr cannot be changed"):
+        specmod.update(p, {"pitr": {"target_time": "2026-12-01 11:00:00+00"}})
 
 
 # ------------------------------------------------------------------------------------ stored documents
@@ -251,6 +269,19 @@ def test_init_twice_needs_yes_and_bad_spec_writes_nothing(tmp_path: Path) -> Non
         upd = run("pghactl", *common, "update", "--patch", '{"pg_parameters": {"work_mem": "8MB"}}')
         assert upd.returncode == 0 and "pg_parameters" in upd.stdout
         assert json.loads(run("pghactl", *common, "spec").stdout)["pg_parameters"] == {"work_mem": "8MB"}
+        future = run("pghactl", *common, "init", "--yes", "--spec",
+                     '{"init_mode": "pitr", "pitr": {"target_time": "2999-01-01 00:00:00+00"}}')
+        assert future.returncode == 1 and "in the future" in future.stderr
+        given = run("pghactl", *common, "init", "--yes", "--spec",
+                    '{"init_mode": "pitr", "pitr": {"replaces": ["ab"]}}')
+        assert given.returncode == 1 and "written by pghactl init --yes" in given.stderr
+        pitr = run("pghactl", *common, "init", "--yes", "--spec", '{"init_mode": "pitr", "pitr": {}}')
+        assert pitr.returncode == 0 and "end of the archive" in pitr.stdout and "discard" in pitr.stdout
+        replaced = json.loads(run("pghactl", *common, "spec").stdout)["pitr"]
+        assert list(replaced) == ["replaces"] and len(replaced["replaces"]) == 1  # the uid of the cluster before
+        again = run("pghactl", *common, "init", "--yes", "--spec", '{"init_mode": "pitr", "pitr": {}}')
+        assert again.returncode == 0  # a restore that never finished: its predecessor's data is discarded too
+        assert json.loads(run("pghactl", *common, "spec").stdout)["pitr"]["replaces"][1:] == replaced["replaces"]
         forced = run("pghactl", *common, "init", "--yes")
         assert forced.returncode == 0
         sw = run("pghactl", *common, "switchover")

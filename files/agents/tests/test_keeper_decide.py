@@ -12,6 +12,8 @@ C = "c1"
 PRIMARY = KeeperSpec(role="primary")
 NEW = KeeperSpec(role="primary", init="new")
 EXISTING = KeeperSpec(role="primary", init="existing")
+PITR = KeeperSpec(role="primary", init="pitr")
+OLD = "c0"  # the cluster restored in place
 REPLICA = KeeperSpec(role="replica", follow="k1")
 FENCED = KeeperSpec(role="none")
 ADDR = "h:5432"
@@ -65,3 +67,35 @@ def test_keeper_decide(name: str, want: KeeperSpec | None, cluster_uid: str | No
     action = kd.decide(want, cluster_uid, addr, local, rewind_after=10)
     assert action.kind == expected, action
     assert action.reason
+
+
+RESTORE_CASES = [
+    ("chosen for a point-in-time recovery, no data: restore", PITR, Local(), kd.RESTORE),
+    ("an interrupted restore is redone", PITR, Local(data_exists=True, cluster_uid=C, initializing=True), kd.RESTORE),
+    ("restore in place: the replaced cluster's data is discarded by the restore", PITR,
+     Local(data_exists=True, cluster_uid=OLD, running=True, in_recovery=False), kd.RESTORE),
+    ("restore in place: the other keepers' old primaries stop until given a role", None,
+     Local(data_exists=True, cluster_uid=OLD, running=True, in_recovery=False), kd.STOP),
+    ("restore in place: a stopped keeper of the replaced cluster waits", None,
+     Local(data_exists=True, cluster_uid=OLD), kd.WAIT),
+    ("restore in place: the replaced cluster's replica clones the restored primary", REPLICA,
+     Local(data_exists=True, cluster_uid=OLD, running=True, in_recovery=True, standby_configured=True,
+           following=ADDR, streaming=True), kd.BASEBACKUP),
+    ("a third cluster's data is never touched, even while restoring in place", PITR,
+     Local(data_exists=True, cluster_uid="other"), kd.REFUSE),
+    ("PostgreSQL data not created by pgha is never overwritten by a restore", PITR, Local(data_exists=True),
+     kd.REFUSE),
+]
+
+
+@pytest.mark.parametrize("name,want,local,expected", RESTORE_CASES, ids=[c[0] for c in RESTORE_CASES])
+def test_keeper_decide_restore(name: str, want: KeeperSpec | None, local: Local, expected: str) -> None:
+    action = kd.decide(want, C, ADDR, local, rewind_after=10, replaces=(OLD, "c00"))
+    assert action.kind == expected, action
+    assert action.reason
+
+
+def test_without_a_restore_in_place_the_old_clusters_data_is_refused() -> None:
+    local = Local(data_exists=True, cluster_uid=OLD)
+    assert kd.decide(PITR, C, None, local, rewind_after=10).kind == kd.REFUSE
+    assert kd.decide(REPLICA, C, ADDR, local, rewind_after=10).kind == kd.REFUSE

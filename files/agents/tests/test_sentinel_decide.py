@@ -123,6 +123,27 @@ CASES: list[Case] = [
                   [ks("k1", "primary", roles_ready=False), ks("k2", "none", cluster=None)]),
      lambda d, cd: (cd.phase == PHASE_INITIALIZING and cd.proxy.target is None and "k2" not in cd.keepers
                     and "roles" in cd.message) or pytest.fail(str(cd))),
+    ("init_mode pitr picks a keeper with a backup repository to restore",
+     lambda: snap(ClusterData(uid=UID, name="main", spec=spec(init_mode="pitr", pitr={})),
+                  [ks("k1", "none", cluster=None), replace(ks("k2", "none", cluster=None), backup={"repo": "/r"})]),
+     lambda d, cd: (cd.primary == "k2" and cd.keepers["k2"].init == "pitr" and "k1" not in cd.keepers)
+     or pytest.fail(str(cd))),
+    ("init_mode pitr waits while no keeper has a backup repository",
+     lambda: snap(ClusterData(uid=UID, name="main", spec=spec(init_mode="pitr", pitr={})),
+                  [ks("k1", "none", cluster=None)]),
+     lambda d, cd: (cd.primary is None and "backup repository" in cd.message) or pytest.fail(str(cd))),
+    ("a restore in place takes the replaced cluster's keepers, and only them",
+     lambda: snap(ClusterData(uid=UID, name="main", spec=spec(init_mode="pitr", pitr={"replaces": ["c0"]})),
+                  [replace(ks("k1", "primary", cluster="c0"), backup={"repo": "/r"}),
+                   replace(ks("k2", "primary", cluster="c9"), backup={"repo": "/r"})]),
+     lambda d, cd: (cd.primary == "k1" and cd.keepers["k1"].init == "pitr" and "k2" not in cd.keepers)
+     or pytest.fail(str(cd))),
+    ("after a restore in place the replaced cluster's keepers join as replicas",
+     lambda: snap(ClusterData(uid=UID, name="main", spec=spec(init_mode="pitr", pitr={"replaces": ["c0"]}), primary="k1",
+                              keepers={"k1": KeeperSpec(role="primary", init="pitr", address="h:k1")}),
+                  [ks("k1", "primary"), ks("k2", "primary", cluster="c0"), ks("k3", "replica", cluster="c9")]),
+     lambda d, cd: (cd.phase == PHASE_NORMAL and cd.keepers["k2"].role == "replica" and "k3" not in cd.keepers)
+     or pytest.fail(str(cd))),
     ("init_mode existing waits for the named keeper",
      lambda: snap(ClusterData(uid=UID, name="main", spec=spec(init_mode="existing", existing_keeper="k9")),
                   [ks("k1", "none", cluster=None)]),

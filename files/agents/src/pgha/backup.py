@@ -10,7 +10,9 @@ for long; ``archive_timeout`` (spec) bounds the WAL a total loss costs when writ
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -43,8 +45,9 @@ class BackupConfig:
         return self.work_dir / "pgbackrest.conf"
 
 
-def config_text(cfg: BackupConfig) -> str:
-    """pgbackrest.conf for ``cfg`` (written by the keeper, mode 0600)."""
+def config_text(cfg: BackupConfig, restore_from: str | None = None) -> str:
+    """pgbackrest.conf for ``cfg`` (written by the keeper, mode 0600); ``restore_from``: the stanza
+    of another cluster this one restores from (init_mode pitr), given this PostgreSQL too."""
     lines = [
         "# Written by pgha-keeper: pgBackRest for this keeper's PostgreSQL (stanza = the cluster's name).",
         "[global]",
@@ -60,13 +63,16 @@ def config_text(cfg: BackupConfig) -> str:
         "start-fast=y",
         "process-max=2",
         "",
-        f"[{cfg.stanza}]",
-        f"pg1-path={cfg.pgdata}",
-        f"pg1-port={cfg.pg_port}",
-        f"pg1-socket-path={cfg.pg_socket_dir}",
-        f"pg1-user={cfg.pg_user}",
-        "",
     ]
+    for stanza in [cfg.stanza] + ([restore_from] if restore_from and restore_from != cfg.stanza else []):
+        lines += [
+            f"[{stanza}]",
+            f"pg1-path={cfg.pgdata}",
+            f"pg1-port={cfg.pg_port}",
+            f"pg1-socket-path={cfg.pg_socket_dir}",
+            f"pg1-user={cfg.pg_user}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -94,6 +100,82 @@ def backup_argv(cfg: BackupConfig, kind: str) -> list[str]:
     if kind not in BACKUP_TYPES:
         raise ValueError(f"backup type {kind!r}: one of {', '.join(BACKUP_TYPES)}")
     return argv(cfg, "backup", f"--type={kind}")
+
+
+# ----------------------------------------------------------------------------- point-in-time recovery
+PITR_TYPES = {"target_time": "time", "target_lsn": "lsn", "target_name": "name"}
+
+
+def pitr_target(pitr: dict[str, str]) -> tuple[str, str] | None:
+    """(spec key, value) of the recovery target; None: the end of the archive."""
+    return next(((k, pitr[k]) for k in PITR_TYPES if pitr.get(k)), None)
+
+
+def describe_target(pitr: dict[str, str]) -> str:
+    target = pitr_target(pitr)
+    return f"{target[0][len('target_'):]} {target[1]}" if target else "the end of the archive"
+
+
+def choose_backup(listed: list[dict[str, Any]], pitr: dict[str, str], stanza: str) -> str:
+    """The label of the backup to restore for ``pitr``: the one it names, else the latest that ended
+    before a time target (the latest for other targets); BackupError saying why there is none."""
+    if not listed:
+        raise BackupError(f"the repository holds no backup of stanza {stanza} (pghactl backup makes one)")
+    target = pitr_target(pitr)
+    at = _epoch(target[1]) if target and target[0] == "target_time" else None
+    if pitr.get("backup"):
+        chosen = next((b for b in listed if b["label"] == pitr["backup"]), None)
+        if chosen is None:
+            raise BackupError(f"backup {pitr['backup']} is not in the repository of stanza {stanza} "
+                              f"(it holds {', '.join(b['label'] for b in listed)})")
+        if at is not None and (chosen["stop"] or 0) >= at:
+            raise BackupError(f"backup {chosen['label']} ended at {_iso(chosen['stop'])}, not before the target "
+                              f"{target[1]}: recovery replays WAL forward from a backup's end")
+        return chosen["label"]
+    if at is None:
+        return listed[-1]["label"]
+    before = [b for b in listed if b["stop"] is not None and b["stop"] < at]
+    if not before:
+        first = listed[0]
+        raise BackupError(f"the target {target[1]} is before the end of the oldest backup ({first['label']}, ended "
+                          f"{_iso(first['stop'])}): there is no backup to recover it from")
+    return before[-1]["label"]
+
+
+def restore_argv(cfg: BackupConfig, pitr: dict[str, str], label: str) -> list[str]:
+    """``pgbackrest restore`` of ``label`` into the (empty) data directory, to the target, then promote."""
+    extra = [f"--set={label}", "--log-level-console=info"]
+    target = pitr_target(pitr)
+    if target:
+        extra += [f"--type={PITR_TYPES[target[0]]}", f"--target={target[1]}", "--target-action=promote"]
+    return argv(cfg, "restore", *extra)
+
+
+def recovery_parameters(cfg: BackupConfig, pitr: dict[str, str]) -> dict[str, str]:
+    """The PostgreSQL parameters of the recovery (the keeper writes them in its own configuration:
+    pgBackRest's, in postgresql.auto.conf, are discarded), removed once it has promoted."""
+    params = {"restore_command": pg_parameters(cfg, 60)["restore_command"]}
+    target = pitr_target(pitr)
+    if target:
+        params[f"recovery_{target[0]}"] = target[1]
+        params["recovery_target_action"] = "promote"
+    return params
+
+
+def restored_set(output: str) -> str | None:
+    """The backup set ``pgbackrest restore`` says it restores."""
+    m = re.search(r"restore backup set (\S+?)[,\s]", output)
+    return m.group(1) if m else None
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.datetime.fromisoformat(timestamp).timestamp()
+
+
+def _iso(epoch: Any) -> str:
+    if not isinstance(epoch, (int, float)):
+        return "unknown"
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(sep=" ")
 
 
 def run(args: list[str], what: str, timeout: float | None = 600) -> str:
@@ -160,6 +242,7 @@ def summary(state: dict[str, Any], now: float) -> dict[str, Any] | None:
         else []
     stops = [s for s in (number(b.get("stop")) for b in listed) if s is not None]
     last_archived = number(state.get("last_archived_at"))
+    restored = state.get("restored")
     return {
         "stanza": state.get("stanza") is True,
         "backups": len(listed),
@@ -167,4 +250,6 @@ def summary(state: dict[str, Any], now: float) -> dict[str, Any] | None:
         "archived_count": number(state.get("archived_count")),
         "failed_count": number(state.get("failed_count")),
         "seconds_since_archived": round(now - last_archived, 1) if last_archived is not None else None,
+        "restored": {k: restored.get(k) for k in ("stanza", "backup", "target", "timeline")
+                     if isinstance(restored.get(k), (str, int))} if isinstance(restored, dict) else None,
     }

@@ -8,6 +8,7 @@ compare-and-swap) and requests under ``commands/`` that the leading sentinel con
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -186,10 +187,27 @@ class Ctl:
     def init(self, spec: dict[str, Any] | None, force: bool = False) -> dict[str, Any]:
         normalized = self._parse(spec or {})
         doc, rev = self._spec_doc()
+        pitr = normalized.pitr
         if doc is not None and not force:
             raise CtlError(f"cluster {self.cluster} is already initialized (uid {doc.get('uid')}); "
                            "pass --yes to initialize a NEW cluster in its place (existing keepers keep their "
-                           "data and will refuse to join the new cluster)")
+                           "data and will refuse to join the new cluster"
+                           + ("; with init_mode pitr they discard it to restore" if pitr is not None else "") + ")")
+        if pitr is not None:
+            if "replaces" in pitr:
+                raise CtlError("invalid spec: pitr.replaces: written by pghactl init --yes, not given")
+            target = pitr.get("target_time")
+            if target and datetime.datetime.fromisoformat(target).timestamp() > time.time():
+                raise CtlError(f"invalid spec: pitr.target_time {target} is in the future: WAL up to it "
+                               "does not exist yet")
+            if doc is not None and isinstance(doc.get("uid"), str):
+                # the keepers of the cluster restored in place discard their data (and only theirs); a
+                # restore of it that never finished left their data to that cluster's: carried forward
+                before = (doc.get("spec") or {}).get("pitr") or {}
+                earlier = [u for u in before.get("replaces") or [] if isinstance(u, str)] \
+                    if isinstance(before, dict) and isinstance(before.get("replaces"), list) else []
+                replaces = [doc["uid"]] + [u for u in earlier if u != doc["uid"]][:7]
+                normalized = self._parse({**normalized.to_dict(), "pitr": {**pitr, "replaces": replaces}})
         uid = uuid.uuid4().hex[:12]
         new_doc = {"format_version": FORMAT_VERSION, "uid": uid, "spec": normalized.to_dict(),
                    "created_at": time.time()}
@@ -408,6 +426,15 @@ def _text_status(st: dict[str, Any]) -> str:
                      f"{k['timeline'] if k['timeline'] is not None else '-':>3} {k['lsn'] or '-':<12} "
                      f"{k['lag'] if k['lag'] is not None else '-':>8}  {'yes' if k['synchronous'] else ''}"
                      f"{'  (drained)' if k.get('drained') else ''}".rstrip())
+    for k in st["keepers"]:
+        if k.get("phase") not in ("running", "down", "", None):
+            lines.append(f"  {k['uid']}: {k['phase']}")
+        if k.get("error") and k.get("phase") != "down":
+            lines.append(f"  {k['uid']}: error: {k['error']}")
+        restored = (k.get("backup") or {}).get("restored")
+        if restored:
+            lines.append(f"  {k['uid']}: restored backup {restored.get('backup')} of stanza {restored.get('stanza')} "
+                         f"to {restored.get('target')} (timeline {restored.get('timeline')})")
     lines.append("")
     lines.append("sentinels: " + (", ".join(f"{s['uid']}{' (leader)' if s['leader'] else ''}"
                                             for s in st["sentinels"]) or "none"))
@@ -435,8 +462,16 @@ def _cmd_init(args: argparse.Namespace, ctl: Ctl) -> None:
         spec = _load_json(text, f"spec file {args.spec_file}")
     else:
         spec = _load_json(args.spec, "--spec") if args.spec else {}
-    ctl.init(spec, force=args.yes)
-    print(f"cluster {args.cluster_name} initialized; the leading sentinel will now pick a keeper to run initdb")
+    done = ctl.init(spec, force=args.yes)
+    if done["init_mode"] == "pitr":
+        pitr = done["pitr"] or {}
+        target = next((f"{k[7:]} {pitr[k]}" for k in ("target_time", "target_lsn", "target_name") if k in pitr),
+                      "the end of the archive")
+        print(f"cluster {args.cluster_name} initialized for a point-in-time recovery to {target}; the leading "
+              "sentinel will now pick a keeper with the backup repository to restore it"
+              + ("; the keepers of the cluster it replaces discard their data" if "replaces" in pitr else ""))
+    else:
+        print(f"cluster {args.cluster_name} initialized; the leading sentinel will now pick a keeper to run initdb")
 
 
 def _cmd_status(args: argparse.Namespace, ctl: Ctl) -> None:
@@ -518,7 +553,9 @@ def _args_init(sp: argparse.ArgumentParser) -> None:
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--spec", help="the spec as JSON")
     g.add_argument("--spec-file", help="read the spec from this JSON file ('-' for stdin)")
-    sp.add_argument("--yes", "-y", action="store_true", help="re-initialize an already initialized cluster")
+    sp.add_argument("--yes", "-y", action="store_true",
+                    help="re-initialize an already initialized cluster (with init_mode pitr: restore it in place, "
+                         "its keepers discarding their data)")
 
 
 def _args_status(sp: argparse.ArgumentParser) -> None:
@@ -686,7 +723,9 @@ def main(argv: list[str] | None = None) -> int:
                "  pghactl --cluster-name main init --spec '{\"synchronous_replication\": true}'\n"
                "  pghactl --cluster-name main status --format json\n"
                "  pghactl --cluster-name main update --patch '{\"pg_parameters\": {\"work_mem\": \"8MB\"}}'\n"
-               "  pghactl --cluster-name main switchover --to keeper1")
+               "  pghactl --cluster-name main switchover --to keeper1\n"
+               "  pghactl --cluster-name main init --yes --spec '{\"init_mode\": \"pitr\", "
+               "\"pitr\": {\"target_time\": \"2026-12-01 10:00:00+00\"}}'")
     common = cli.suppressed_common_flags()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, add_arguments, _) in SUBCOMMANDS.items():

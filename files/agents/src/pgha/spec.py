@@ -10,6 +10,7 @@ never merge defaults themselves. ``Spec.to_dict()`` is the canonical JSON form t
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "pg_hba": [],
     "init_mode": "new",
     "existing_keeper": None,
+    # init_mode pitr: what to restore from the backup repository (see _pitr)
+    "pitr": None,
     "convergence_timeout": 60.0,
     "switchover_timeout": 30.0,
     "dead_keeper_removal_interval": 48 * 3600.0,
@@ -66,6 +69,13 @@ MANAGED_PG_PARAMETERS = frozenset(
         "primary_slot_name",
         "synchronous_standby_names",
         "recovery_target_timeline",
+        "recovery_target",
+        "recovery_target_time",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_xid",
+        "recovery_target_action",
+        "recovery_target_inclusive",
         "max_wal_senders",
         "max_replication_slots",
         "wal_log_hints",
@@ -125,6 +135,11 @@ MAX_PROXY_TIMEOUT = 120.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _IDENT = re.compile(r"^[a-z0-9_]{1,63}$")
+PITR_TARGETS = ("target_time", "target_lsn", "target_name")
+_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+_RESTORE_POINT = re.compile(r"^[A-Za-z0-9_.:-]{1,63}$")
+_BACKUP_LABEL = re.compile(r"^\d{8}-\d{6}F(_\d{8}-\d{6}[DI])?$")
+_STANZA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class SpecError(ValueError):
@@ -187,6 +202,7 @@ class Spec:
     dead_keeper_removal_interval: float
     archive_timeout: float = 10.0
     backup_retention_full: int = 2
+    pitr: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (what is stored and printed)."""
@@ -306,13 +322,69 @@ def normalize(doc: Any) -> Spec:
 
     spec["pg_parameters"] = _pg_parameters(spec["pg_parameters"])
     spec["pg_hba"] = _pg_hba(spec["pg_hba"])
-    if spec["init_mode"] not in ("new", "existing"):
-        raise SpecError(f"init_mode: expected 'new' or 'existing', got {spec['init_mode']!r}")
+    if spec["init_mode"] not in ("new", "existing", "pitr"):
+        raise SpecError(f"init_mode: expected 'new', 'existing' or 'pitr', got {spec['init_mode']!r}")
+    if spec["init_mode"] == "pitr":
+        spec["pitr"] = _pitr(spec["pitr"] if spec["pitr"] is not None else {})
+    elif spec["pitr"] is not None:
+        raise SpecError("pitr: only with init_mode 'pitr'")
     if spec["init_mode"] == "existing":
         uid = spec["existing_keeper"]
         if not isinstance(uid, str) or not _IDENT.match(uid):
             raise SpecError("existing_keeper: init_mode 'existing' needs the uid of the keeper whose data to adopt")
     return Spec(**spec)
+
+
+def _pitr(doc: Any) -> dict[str, str]:
+    """What a point-in-time recovery restores: at most one of ``target_time`` (a timestamp with its
+    time zone), ``target_lsn`` or ``target_name`` (a restore point), none for the end of the
+    archive; ``backup`` (a pgBackRest label; by default the latest that ended before the target);
+    ``stanza`` (the cluster whose backups to restore; by default this cluster's name). ``replaces``
+    (the uids of the cluster restored in place, and of the restores of it that did not finish: their
+    keepers' data is discarded) is written by ``pghactl init --yes``."""
+    if not isinstance(doc, dict):
+        raise SpecError("pitr: expected an object such as {\"target_time\": \"2026-12-01 10:00:00+00\"}")
+    known = (*PITR_TARGETS, "backup", "stanza", "replaces")
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise SpecError(f"pitr: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    out = {k: v for k, v in doc.items() if v is not None}
+    for key, value in out.items():
+        if key != "replaces" and not isinstance(value, str):
+            raise SpecError(f"pitr.{key}: expected a string, got {value!r}")
+    targets = [k for k in PITR_TARGETS if k in out]
+    if len(targets) > 1:
+        raise SpecError(f"pitr: give one target, not {' and '.join(targets)}")
+    if "target_time" in out:
+        out["target_time"] = parse_timestamp(out["target_time"])
+    if "target_lsn" in out and not _LSN.match(out["target_lsn"]):
+        raise SpecError(f"pitr.target_lsn: {out['target_lsn']!r} is not an LSN such as 0/3000028")
+    if "target_name" in out and not _RESTORE_POINT.match(out["target_name"]):
+        raise SpecError("pitr.target_name: a restore point name of 1-63 letters, digits or _.:-")
+    if "backup" in out and not _BACKUP_LABEL.match(out["backup"]):
+        raise SpecError(f"pitr.backup: {out['backup']!r} is not a pgBackRest backup label "
+                        "(such as 20261201-100000F or 20261201-100000F_20261201-120000I; pghactl backups lists them)")
+    if "stanza" in out and not _STANZA.match(out["stanza"]):
+        raise SpecError("pitr.stanza: the name of the cluster whose backups to restore (letters, digits, _.-)")
+    replaces = out.get("replaces")
+    if replaces is not None and (not isinstance(replaces, list) or not 1 <= len(replaces) <= 8 or not all(
+            isinstance(u, str) and re.match(r"^[0-9a-f]{1,32}$", u) for u in replaces)):
+        raise SpecError("pitr.replaces: a list of up to 8 cluster uids")
+    return out
+
+
+def parse_timestamp(text: str) -> str:
+    """A timestamp with its time zone, in the form PostgreSQL and pgBackRest read
+    (``2026-12-01 10:00:00.25+00:00``); SpecError without a time zone."""
+    raw = text.strip()
+    try:
+        ts = datetime.datetime.fromisoformat(raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw)
+    except ValueError:
+        raise SpecError(f"pitr.target_time: cannot read {text!r} (use a timestamp with its time zone, "
+                        "such as 2026-12-01 10:00:00+00)") from None
+    if ts.tzinfo is None:
+        raise SpecError(f"pitr.target_time: {text!r} has no time zone (add one, such as +00)")
+    return ts.isoformat(sep=" ")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -341,6 +413,8 @@ def replace_whole(current: Spec, doc: Any) -> Spec:
     new = normalize(doc)
     if new.init_mode != current.init_mode:
         raise SpecError("init_mode cannot be changed after init")
+    if new.pitr != current.pitr:
+        raise SpecError("pitr cannot be changed after init (pghactl init --yes restores again)")
     return new
 
 

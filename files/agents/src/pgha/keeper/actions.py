@@ -47,6 +47,9 @@ class Actions:
     def write_backup_config(self) -> None:
         pass
 
+    def restore_from_backup(self, want: KeeperSpec | None) -> None:
+        raise PgError("init_mode pitr needs a backup repository: start this keeper with --backup-repo-path")
+
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)
         params.update(self.spec.pg_parameters)
@@ -273,6 +276,9 @@ class Actions:
         self.save_state(cluster_uid=self.cd.uid, initializing=False)
         logger.info("adopted the existing data directory as primary")
 
+    def do_restore(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
+        self.restore_from_backup(want)
+
     def do_start_primary(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
         self.pg.close()
         signal_file = self.pg.pgdata / "standby.signal"
@@ -385,6 +391,7 @@ ACTIONS: dict[str, Handler] = {
     kd.STOP: Actions.do_stop,
     kd.INITDB: Actions.do_initdb,
     kd.ADOPT: Actions.do_adopt,
+    kd.RESTORE: Actions.do_restore,
     kd.START_PRIMARY: Actions.do_start_primary,
     kd.PROMOTE: Actions.do_promote,
     kd.RECONCILE_PRIMARY: Actions.do_reconcile_primary,

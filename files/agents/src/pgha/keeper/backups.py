@@ -17,18 +17,22 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
 from pgha import backup as pb
-from pgha.model import ROLE_PRIMARY, FormatError, loads
+from pgha.keeper.pg import PgError, pg_auto_conf_header
+from pgha.model import ROLE_PRIMARY, FormatError, KeeperSpec, loads
 from pgha.store import StoreError
 
 logger = logging.getLogger("pgha.keeper")
 
 STANZA_RETRY = 30.0
+RESTORE_RETRY = 10.0  # a refused restore (no backup before the target...) is looked at again this often
+RECOVERY_TIMEOUT = 24 * 3600.0
 INFO_EVERY = 60.0
 ARCHIVER_EVERY = 5.0
 
@@ -51,6 +55,8 @@ class Backups:
 
     backup_cfg: pb.BackupConfig | None = None
     backup_state: dict[str, Any]
+    recovery: dict[str, str] | None = None  # a point-in-time recovery's parameters, while it runs
+    _restore_refused: tuple[float, str, str] = (0.0, "", "")  # when, why and for which cluster a restore was refused
 
     def init_backups(self) -> None:
         self.backup_state = {}
@@ -69,7 +75,10 @@ class Backups:
     def backup_parameters(self) -> dict[str, str]:
         if self.backup_cfg is None:
             return {}
-        return pb.pg_parameters(self.backup_cfg, self.spec.archive_timeout)
+        params = pb.pg_parameters(self.backup_cfg, self.spec.archive_timeout)
+        if self.recovery is not None:
+            params.update(self.recovery)
+        return params
 
     def write_backup_config(self) -> None:
         """pgbackrest.conf (0600) and its directories, rewritten when the spec's retention changes."""
@@ -77,11 +86,10 @@ class Backups:
         if cfg is None:
             return
         if cfg.retention_full != self.spec.backup_retention_full:
-            from dataclasses import replace
             cfg = self.backup_cfg = replace(cfg, retention_full=self.spec.backup_retention_full)
         for sub in ("", "spool", "lock", "log"):
             (cfg.work_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        text = pb.config_text(cfg)
+        text = pb.config_text(cfg, restore_from=self.restore_stanza())
         path = cfg.config_file
         try:
             if path.read_text() == text:
@@ -94,6 +102,107 @@ class Backups:
             f.write(text)
         os.replace(tmp, path)
         logger.info("pgBackRest configuration written: stanza %s, repository %s", cfg.stanza, cfg.repo_path)
+
+    def restore_stanza(self) -> str | None:
+        """The stanza a point-in-time recovery restores from (init_mode pitr), None otherwise."""
+        spec = self.spec
+        if spec.init_mode != "pitr" or self.backup_cfg is None:
+            return None
+        return (spec.pitr or {}).get("stanza") or self.backup_cfg.stanza
+
+    # ------------------------------------------------------------------ point-in-time recovery
+    def restore_from_backup(self, want: KeeperSpec | None) -> None:
+        """init_mode pitr, on the keeper the sentinel chose: restore a backup into an empty data
+        directory, replay the archive to the target, promote (a new timeline), then run as the
+        cluster's primary. The backup is chosen, and the target checked against the repository,
+        before any data is touched."""
+        cfg = self.backup_cfg
+        cd = self.cd
+        assert cd is not None
+        if cfg is None:
+            raise PgError("init_mode pitr needs a backup repository: start this keeper with --backup-repo-path")
+        pitr = dict(self.spec.pitr or {})
+        source = replace(cfg, stanza=self.restore_stanza() or cfg.stanza)
+        target = pb.describe_target(pitr)
+        refused_at, why, refused_uid = self._restore_refused
+        if why and refused_uid == cd.uid and time.monotonic() - refused_at < RESTORE_RETRY:
+            raise PgError(why)
+        self.write_backup_config()
+        try:
+            info = pb.run(pb.argv(source, "info", "--output=json"), "pgbackrest info", timeout=60)
+            label = pb.choose_backup(pb.backups(info, source.stanza), pitr, source.stanza)
+        except pb.BackupError as exc:
+            self._restore_refused = (time.monotonic(), f"cannot restore to {target}: {exc}", cd.uid)
+            raise PgError(self._restore_refused[1]) from None
+        self._restore_refused = (0.0, "", "")
+        with self.lock:
+            self.pg.stop("immediate")
+        self.save_state(cluster_uid=cd.uid, initializing=True)
+        self.phase = "restore"
+        logger.info("point-in-time recovery to %s: restoring backup %s of stanza %s", target, label, source.stanza)
+        t0 = time.monotonic()
+        self.pg.wipe()
+        self.pg.pgdata.mkdir(mode=0o700)
+        try:
+            out = pb.run(pb.restore_argv(source, pitr, label), "pgbackrest restore", timeout=None)
+        except pb.BackupError as exc:
+            raise PgError(str(exc)) from None
+        restored_at = time.monotonic()
+        self.pg.ensure_include()
+        # pgBackRest's recovery settings: the keeper's own configuration has them (and drops them after)
+        (self.pg.pgdata / "postgresql.auto.conf").write_text(pg_auto_conf_header())
+        self.recovery = pb.recovery_parameters(source, pitr)
+        self.configure(want, True, None)
+        self.phase = "recovering"
+        logger.info("backup %s restored in %.1fs; replaying WAL from the archive to %s",
+                    pb.restored_set(out) or label, restored_at - t0, target)
+        try:
+            with self.lock:
+                if self.fenced:
+                    raise PgError("lease lapsed: not starting PostgreSQL")
+                self.pg.start(timeout=RECOVERY_TIMEOUT)
+            self._wait_promoted(target)
+        except PgError as exc:
+            text = str(exc)
+            if "before configured recovery target was reached" in text:
+                text = (f"the archive ends before the target {target}: the WAL up to it was never archived "
+                        "(choose an earlier target)")
+            with self.lock:
+                self.pg.stop("immediate")
+            self.recovery = None
+            raise PgError(f"point-in-time recovery failed: {text}") from None
+        replayed_at = time.monotonic()
+        self.recovery = None  # recovery targets left in place would stop a later standby at the target
+        self.configure(want, True, None)
+        with self.lock:
+            self.pg.stop("fast")
+        self.start()
+        self.reconcile_primary(want)
+        self.pg.query("CHECKPOINT")
+        status = self.pg.status()
+        restored = {"stanza": source.stanza, "backup": label, "target": target,
+                    "timeline": status.get("timeline"), "restore_seconds": round(restored_at - t0, 3),
+                    "replay_seconds": round(replayed_at - restored_at, 3), "finished_at": time.time()}
+        self.save_state(cluster_uid=cd.uid, initializing=False, restored=restored)
+        self._set(restored=restored)
+        logger.info("point-in-time recovery done: backup %s restored and replayed to %s in %.1fs; running as "
+                    "primary on timeline %s", label, target, time.monotonic() - t0, restored["timeline"])
+        self.wake_heartbeat()
+
+    def _wait_promoted(self, target: str) -> None:
+        """Until the recovery has reached its target and promoted (PostgreSQL exits when it cannot)."""
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.pg.proc is not None and self.pg.proc.poll() is not None:
+                raise PgError(f"PostgreSQL stopped during recovery: {self.pg.log_tail()}")
+            try:
+                if not self.pg.query("SELECT pg_is_in_recovery()")[0][0]:
+                    return
+            except psycopg2.Error:
+                self.pg.close()
+            if self.stopping.wait(0.2):
+                raise PgError("keeper stopping during recovery")
+        raise PgError(f"recovery to {target} did not finish within {RECOVERY_TIMEOUT:.0f}s")
 
     # ------------------------------------------------------------------ the backup thread
     def backup_loop(self) -> None:
@@ -119,6 +228,8 @@ class Backups:
         if not cfg.config_file.exists():
             return
         now = time.monotonic()
+        if "restored" not in self.backup_state and isinstance(self.local_state.get("restored"), dict):
+            self._set(restored=self.local_state["restored"])  # what the last point-in-time recovery restored
         primary = self.status.role == ROLE_PRIMARY and self.status.healthy and self.roles_ensured
         if primary and not self.backup_state.get("stanza") and now - self._stanza_tried >= STANZA_RETRY:
             self._stanza_tried = now

@@ -3,7 +3,8 @@ sentinel wants (``KeeperSpec``) and what is on this host (``Local``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 from pgha.model import ROLE_NONE, ROLE_PRIMARY, KeeperSpec
 
@@ -12,6 +13,7 @@ REFUSE = "refuse"
 STOP = "stop"
 INITDB = "initdb"
 ADOPT = "adopt"
+RESTORE = "restore"
 START_PRIMARY = "start_primary"
 PROMOTE = "promote"
 RECONCILE_PRIMARY = "reconcile_primary"
@@ -42,9 +44,17 @@ class Action:
 
 
 def decide(want: KeeperSpec | None, cluster_uid: str | None, follow_address: str | None, local: Local,
-           rewind_after: float) -> Action:
+           rewind_after: float, replaces: Collection[str] = ()) -> Action:
+    """``replaces``: the uids of the clusters this one restores in place (init_mode pitr after
+    pghactl init --yes); their data is discarded, as an interrupted clone's would be."""
     if cluster_uid is None:
         return Action(WAIT, "no cluster data yet (run pghactl init)")
+    if local.cluster_uid is not None and local.cluster_uid in replaces and local.data_exists:
+        if want is None or want.role == ROLE_NONE:
+            if local.running:
+                return Action(STOP, f"cluster {local.cluster_uid} is being restored in place: its PostgreSQL stops")
+            return Action(WAIT, f"cluster {local.cluster_uid} is being restored in place: waiting for a role")
+        local = replace(local, cluster_uid=None, initializing=True)
     if local.cluster_uid is not None and local.cluster_uid != cluster_uid:
         return Action(REFUSE, f"data directory belongs to cluster {local.cluster_uid}, not {cluster_uid}: "
                               "refusing to touch it (remove it to join this cluster)")
@@ -71,6 +81,8 @@ def decide(want: KeeperSpec | None, cluster_uid: str | None, follow_address: str
                 return Action(INITDB, "elected to initialize the cluster")
             if want.init == "existing" and local.data_exists:
                 return Action(ADOPT, "adopting the existing data directory (init_mode existing)")
+            if want.init == "pitr":
+                return Action(RESTORE, "elected to restore the cluster from its backups (init_mode pitr)")
             return Action(REFUSE, "elected primary but there is no data to run (data directory empty)")
         if want.init == "existing" and local.cluster_uid is None:
             return Action(ADOPT, "adopting the existing data directory (init_mode existing)")

@@ -113,7 +113,7 @@ def _membership(ctx: Ctx, cd: ClusterData) -> ClusterData:
     snap = ctx.snap
     for uid in sorted(snap.keepers):
         st = snap.keepers[uid]
-        if st.cluster_uid not in (None, cd.uid):
+        if st.cluster_uid not in _joinable(cd):
             if uid not in ctx.mem.ignored:
                 ctx.mem.ignored.add(uid)
                 ctx.log(f"ignoring keeper {uid}: its data directory belongs to cluster {st.cluster_uid}")
@@ -143,6 +143,13 @@ def _membership(ctx: Ctx, cd: ClusterData) -> ClusterData:
             ctx.log(f"removing keeper {uid}: not seen for {snap.mono - seen:.0f}s (> dead_keeper_removal_interval)")
             cd = _remove_keeper(cd, uid)
     return cd
+
+
+def _joinable(cd: ClusterData) -> tuple[str | None, ...]:
+    """The cluster uids a keeper's data may belong to for it to take part: none yet, this cluster,
+    or the clusters this one restores in place (init_mode pitr with pghactl init --yes: that data is
+    discarded)."""
+    return (None, cd.uid, *((cd.spec.pitr or {}).get("replaces") or ()))
 
 
 def _remove_keeper(cd: ClusterData, uid: str) -> ClusterData:
@@ -175,14 +182,20 @@ def _initialize(ctx: Ctx, cd: ClusterData) -> ClusterData:
             chosen, init = uid, "existing"
         else:
             fresh = [u for u in sorted(snap.keepers)
-                     if snap.keepers[u].cluster_uid in (None, cd.uid) and snap.keepers[u].can_be_master
+                     if snap.keepers[u].cluster_uid in _joinable(cd) and snap.keepers[u].can_be_master
                      and not snap.keepers[u].error]
+            if spec.init_mode == "pitr":
+                # only a keeper that reaches the backup repository can restore from it
+                fresh = [u for u in fresh if snap.keepers[u].backup.get("repo")]
+                if not fresh:
+                    return replace(cd, message="waiting for a keeper with a backup repository (--backup-repo-path) "
+                                               "to register (init_mode pitr)")
             if not fresh:
                 return replace(cd, message="waiting for a keeper that can be master to register")
-            chosen, init = fresh[0], "new"
+            chosen, init = fresh[0], spec.init_mode if spec.init_mode == "pitr" else "new"
         ctx.mem.init_started = snap.mono
-        ctx.log(f"initializing: keeper {chosen} will {'run initdb' if init == 'new' else 'adopt its data'} "
-                f"and become primary")
+        doing = {"new": "run initdb", "existing": "adopt its data", "pitr": "restore the backup (point-in-time recovery)"}
+        ctx.log(f"initializing: keeper {chosen} will {doing[init]} and become primary")
         cd = cd.with_keeper(chosen, role=ROLE_PRIMARY, follow=None, init=init,
                             address=snap.keepers[chosen].address)
         return replace(cd, primary=chosen, message=f"initializing on keeper {chosen}")
@@ -198,7 +211,7 @@ def _initialize(ctx: Ctx, cd: ClusterData) -> ClusterData:
                 f"timeline {st.timeline}); routing proxies to it")
         cd = cd.with_keeper(cd.primary, init=None)
         for uid in sorted(snap.keepers):
-            if uid != cd.primary and uid not in cd.keepers and snap.keepers[uid].cluster_uid in (None, cd.uid):
+            if uid != cd.primary and uid not in cd.keepers and snap.keepers[uid].cluster_uid in _joinable(cd):
                 ctx.log(f"adding keeper {uid} as a replica of {cd.primary}")
                 cd = cd.with_keeper(uid, role=ROLE_REPLICA, follow=cd.primary, address=snap.keepers[uid].address)
         return replace(cd, phase=PHASE_NORMAL, system_id=st.system_id, timeline=st.timeline,

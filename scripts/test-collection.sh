@@ -7,7 +7,8 @@
 # sanity    ansible-test sanity --venv
 # units     ansible-test units --venv (modules and the inventory plugin against fakes)
 # kubernetes  scripts/test-kubernetes.sh: the Kubernetes platform without a cluster (kmock, kubernetes-validate)
-# molecule  molecule test for each scenario: default (site.yml, idempotence, verify, teardown),
+# molecule  molecule test for each scenario: default (site.yml, idempotence, verify, teardown), tls,
+#           backup (site, backup.yml, restore.yml to a point in time, exact rows),
 #           failover, upgrade, chaos (the drills), multihost (three namespace hosts over SSH: site,
 #           idempotence, verify, every partition drill, chaos with partitions), systemd (three
 #           systemd-nspawn hosts: units, idempotence, a crash drill, no stale unit) and kubernetes
@@ -79,7 +80,7 @@ step_kubernetes() {
 # without a reachable cluster). MOLECULE_SCENARIOS="default chaos" runs a subset.
 step_molecule() {
     local sc
-    for sc in ${MOLECULE_SCENARIOS:-default tls failover upgrade chaos multihost systemd kubernetes}; do
+    for sc in ${MOLECULE_SCENARIOS:-default tls backup failover upgrade chaos multihost systemd kubernetes}; do
         log "molecule test -s $sc"
         ( cd "$ROOT" && molecule test -s "$sc" )
     done

@@ -145,7 +145,7 @@ def keeper_components(instances, settings):
                can_be_master, extra_args, environment; optional ``app_username``, ``app_password_file``,
                ``app_database`` (the applications' role) and ``tls_cert_file``, ``tls_key_file``,
                ``tls_ca_file`` (PostgreSQL's TLS; pgha-keeper's --pg-* flags of those names; absent or
-               empty: none)
+               empty: none); optional ``backup_repo_path`` (the pgBackRest repository, --backup-repo-path)
     """
     s = _need(settings, "keeper", ["venv_dir", "data_root", "pg_bin_path", "pg_listen_address",
                                    "pg_advertise_address", "api_listen_address", "su_username",
@@ -155,6 +155,8 @@ def keeper_components(instances, settings):
     for key in ("app_username", "app_password_file", "app_database", "tls_cert_file", "tls_key_file", "tls_ca_file"):
         if s.get(key):
             optional += ["--pg-" + key.replace("_", "-"), str(s[key])]
+    if s.get("backup_repo_path"):
+        optional += ["--backup-repo-path", str(s["backup_repo_path"])]
     out = []
     for k in instances:
         uid, pg_port, api_port = k["uid"], int(k["pg_port"]), int(k["api_port"])

@@ -107,7 +107,10 @@ def run(module, ctl):
     what = "cluster %s" % module.params["cluster_name"]
     try:
         current = ctl.get_spec()
-        desired = ctl.normalize(spec)
+        # the init keys (init_mode, pitr...) all left out: the stored ones (a restored cluster keeps its)
+        # (successor: pgha >= 0.1 with point-in-time recovery; an older library on the host has none)
+        successor = getattr(ctl, "successor", None)
+        desired = ctl.normalize(spec) if module.params["reinit"] or successor is None else successor(spec)
     except (CtlError, StoreError) as exc:
         fail_from(module, exc, "checking the spec of " + what)
 

@@ -161,6 +161,10 @@ def test_merge_patch_and_update() -> None:
     p = specmod.normalize({"init_mode": "pitr", "pitr": {"target_time": "2026-12-01T10:00:00Z", "backup": None}})
     assert p.pitr == {"target_time": "2026-12-01 10:00:00+00:00"}
     assert specmod.normalize(p.to_dict()) == p  # the stored form reads back the same
+    kept = specmod.replace_whole(p, {"fail_interval": "5s"})  # a spec naming no init key keeps the stored ones
+    assert kept.init_mode == "pitr" and kept.pitr == p.pitr and kept.fail_interval == 5.0
+    with pytest.raises(specmod.SpecError, match="init_mode cannot be changed"):
+        specmod.replace_whole(p, {"init_mode": "new"})
     with pytest.raises(specmod.SpecError, match="pitr cannot be changed"):
         specmod.update(p, {"pitr": {"target_time": "2026-12-01 11:00:00+00"}})
 

@@ -36,7 +36,7 @@ from pgha.model import (
     load_status,
     loads,
 )
-from pgha.spec import Spec, SpecError, merge_patch, normalize, replace_whole, valid_uid
+from pgha.spec import Spec, SpecError, merge_patch, normalize, replace_whole, valid_uid, with_init_keys
 from pgha.store import Store, StoreError
 
 
@@ -176,6 +176,10 @@ class Ctl:
     def normalize(self, spec: Any) -> dict[str, Any]:
         """``spec`` validated, every default filled in (JSON form); CtlError names a bad key."""
         return self._parse(spec).to_dict()
+
+    def successor(self, spec: Any) -> dict[str, Any]:
+        """What ``set_spec(spec)`` would store (``normalize`` on a cluster not initialized)."""
+        return self._parse(with_init_keys(self._stored_spec()[0], spec)).to_dict()
 
     @staticmethod
     def _parse(spec: Any) -> Spec:

@@ -407,10 +407,23 @@ def update(current: Spec, patch: Any) -> Spec:
     return replace_whole(current, merge_patch(current.to_dict(), patch))
 
 
+# How the cluster was created: a spec that leaves them all out keeps the stored ones (a restored
+# cluster's site.yml spec does not name its init_mode)
+INIT_KEYS = ("init_mode", "existing_keeper", "pitr")
+
+
+def with_init_keys(current: Spec | None, doc: Any) -> Any:
+    """``doc`` with ``current``'s init keys when it names none of them."""
+    if current is None or not isinstance(doc, dict) or any(k in doc for k in INIT_KEYS):
+        return doc
+    stored = current.to_dict()
+    return {**doc, **{k: stored[k] for k in INIT_KEYS}}
+
+
 def replace_whole(current: Spec, doc: Any) -> Spec:
-    """The spec ``doc`` (keys left out take their default) as the successor of ``current``; refuses
-    changes that cannot be applied live."""
-    new = normalize(doc)
+    """The spec ``doc`` (keys left out take their default; the init keys all left out: the stored
+    ones) as the successor of ``current``; refuses changes that cannot be applied live."""
+    new = normalize(with_init_keys(current, doc))
     if new.init_mode != current.init_mode:
         raise SpecError("init_mode cannot be changed after init")
     if new.pitr != current.pitr:

@@ -76,7 +76,9 @@ def test_keeper_application_role_and_tls_flags_only_when_set():
         "--pg-app-username", "app", "--pg-app-password-file", "/s/app", "--pg-tls-cert-file", "/t/host.crt",
         "--pg-tls-key-file", "/t/host.key", "--pg-tls-ca-file", "/t/ca.crt"]
     plain = c.keeper_components([{"uid": "k1", "pg_port": 5433, "api_port": 8433}], dict(KEEPER, tls_cert_file=""))
-    assert not [a for a in plain[0]["args"] if a.startswith(("--pg-app", "--pg-tls"))]
+    assert not [a for a in plain[0]["args"] if a.startswith(("--pg-app", "--pg-tls", "--backup"))]
+    repo = c.keeper_components([{"uid": "k1", "pg_port": 5433, "api_port": 8433}], dict(KEEPER, backup_repo_path="/r"))
+    assert repo[0]["args"][-4:-2] == ["--backup-repo-path", "/r"]
 
 
 def test_missing_inputs_are_named():

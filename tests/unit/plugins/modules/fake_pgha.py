@@ -62,6 +62,9 @@ class FakeCtl:
         out.update(copy.deepcopy(spec))
         return out
 
+    def successor(self, spec):
+        return self.normalize(spec)
+
     def get_spec(self):
         self.calls.append(("get_spec",))
         self._maybe_fail()
@@ -114,6 +117,20 @@ class FakeCtl:
         self.calls.append(("switchover", to, timeout))
         self._maybe_fail()
         return self.switchover_result or {"from": "keeper1", "to": to or "keeper2", "state": "done"}
+
+    def backup(self, kind="full", timeout=3600.0):
+        self.calls.append(("backup", kind, timeout))
+        self._maybe_fail()
+        label = "20261203-101500F" if kind == "full" else "20261203-101500F_20261203-102000" + kind[0].upper()
+        done = {"label": label, "type": kind, "start": 1764756900, "stop": 1764756920, "wal_start": "00000001",
+                "wal_stop": "00000001", "size_bytes": 4000000, "id": "abc", "keeper": "keeper1", "seconds": 20.0}
+        self.listed = getattr(self, "listed", []) + [{k: done[k] for k in list(done)[:7]}]
+        return done
+
+    def backups(self):
+        self.calls.append(("backups",))
+        self._maybe_fail()
+        return copy.deepcopy(getattr(self, "listed", []))
 
     def names(self):
         return [c[0] for c in self.calls]

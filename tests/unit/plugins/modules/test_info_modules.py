@@ -149,3 +149,44 @@ def test_etcd_without_leader_fails(run_module, fake_etcd):
     fake_etcd.members = [member("http://127.0.0.1:12379", leader=None)]
     result, failed = run_module(etcd_health, ARGS)
     assert failed and "no etcd member knows a leader" in result["msg"]
+
+
+# ---------------------------------------------------------------------------- backup, backup_info
+def test_backup_takes_one_and_lists_the_repository(run_module, monkeypatch):
+    from ansible_collections.pgha.cluster.plugins.modules import backup
+
+    ctl = use(monkeypatch, backup, FakeCtl(spec={}))
+    result, failed = run_module(backup, dict(ARGS, type="incr", timeout=60))
+    assert not failed and result["changed"] is True
+    assert result["backup"]["label"].endswith("I") and result["backup"]["keeper"] == "keeper1"
+    assert [b["label"] for b in result["backups"]] == [result["backup"]["label"]]
+    assert ("backup", "incr", 60.0) in ctl.calls
+
+
+def test_backup_in_check_mode_takes_none(run_module, monkeypatch):
+    from ansible_collections.pgha.cluster.plugins.modules import backup
+
+    ctl = use(monkeypatch, backup, FakeCtl(spec={}))
+    result, failed = run_module(backup, ARGS, check_mode=True)
+    assert not failed and result["changed"] is True and result["backup"] is None
+    assert "backup" not in ctl.names()
+
+
+def test_backup_failure_says_why(run_module, monkeypatch):
+    from ansible_collections.pgha.cluster.plugins.modules import backup
+
+    use(monkeypatch, backup, FakeCtl(spec={}, error=client.CtlError("keeper keeper1 has no backup repository")))
+    result, failed = run_module(backup, ARGS)
+    assert failed and "no backup repository" in result["msg"]
+
+
+def test_backup_info_lists_backups_and_each_keepers_state(run_module, monkeypatch):
+    from ansible_collections.pgha.cluster.plugins.modules import backup_info
+
+    ctl = FakeCtl(spec={})
+    ctl.backup("full")
+    use(monkeypatch, backup_info, ctl)
+    result, failed = run_module(backup_info, ARGS)
+    assert not failed and result["changed"] is False
+    assert [b["label"] for b in result["backups"]] == ["20261203-101500F"]
+    assert set(result["keepers"]) == {"keeper1", "keeper2", "keeper3"}

@@ -137,6 +137,15 @@ def test_the_restore_command_line_and_the_recovery_parameters() -> None:
     assert pb.restored_set(out) == "20261203-101500F" and pb.restored_set("") is None
 
 
+def test_a_replica_starts_only_from_a_backup_of_the_clusters_timeline() -> None:
+    listed = [dict(b, wal_start="00000001" + b["wal_start"][8:]) for b in LISTED]
+    assert pb.backup_for_replica(listed, 1)["label"] == "20261203-101500F_20261203-102000I"
+    assert pb.backup_for_replica(listed, 2) is None and pb.backup_for_replica(listed, None) is None
+    assert pb.backup_for_replica([dict(LISTED[0], wal_start="0000000A" + "0" * 16)], 10)["label"] == "20261203-101500F"
+    argv = pb.standby_restore_argv(CFG, "20261203-101500F")
+    assert argv[-1] == "restore" and "--type=standby" in argv and "--set=20261203-101500F" in argv
+
+
 def test_restoring_another_clusters_backups_gives_its_stanza_this_postgresql() -> None:
     text = pb.config_text(CFG, restore_from="old")
     assert "[main]\npg1-path=/d/postgres" in text and "[old]\npg1-path=/d/postgres\npg1-port=5432" in text
@@ -192,6 +201,23 @@ def test_wal_is_archived_and_pghactl_backs_up_and_lists(cluster_factory) -> None
     write_row(c, "after the full backup")
     incr = json.loads(c.ctl("backup", "--type", "incr", "--format", "json", timeout=300).stdout)
     assert incr["type"] == "incr" and incr["label"].startswith(full["label"] + "_")
+
+    # a keeper added now is created from the backup, not copied from the primary
+    c.add_keeper("keeper3").start()
+    c.wait_for(healthy_cluster(3), timeout=120, what="the new keeper streaming")
+    assert "replica created from backup " + incr["label"] in c.keepers["keeper3"].log_text()
+    conn = c.connect_superuser("keeper3", dbname="app")
+    try:
+        cur = conn.cursor()
+        deadline = time.monotonic() + 30
+        while True:
+            cur.execute("SELECT count(*) FROM t WHERE v = 'after the full backup'")
+            if cur.fetchone()[0] == 1:
+                break
+            assert time.monotonic() < deadline, "the replica from backup lacks a row written after it"
+            time.sleep(0.5)
+    finally:
+        conn.close()
 
     listed = json.loads(c.ctl("backups", "--format", "json").stdout)
     assert [b["label"] for b in listed] == [full["label"], incr["label"]]
@@ -336,4 +362,6 @@ def test_point_in_time_recovery_in_place_restores_exactly_the_rows_before_the_ta
     finally:
         conn.close()
     assert "point-in-time recovery done" in c.keepers[new_primary].log_text()
+    # the backup is of the timeline before the recovery's: the replica was copied from the primary
+    assert "holds no backup of timeline" in c.keepers[replica].log_text()
     c.check_logs()

@@ -88,6 +88,7 @@ def test_malformed_endpoint() -> None:
     ({"pg_hba": ["host all all 0.0.0.0/0 md5\nlocal all all trust"]}, "pg_hba"),
     ({"init_mode": "restore"}, "init_mode"),
     ({"pitr": {}}, "pitr: only with init_mode"),
+    ({"replica_create_method": "rsync"}, "replica_create_method"),
     ({"init_mode": "pitr", "pitr": "yesterday"}, "pitr: expected an object"),
     ({"init_mode": "pitr", "pitr": {"target": "x"}}, "pitr: unknown key"),
     ({"init_mode": "pitr", "pitr": {"target_time": "2026-12-01 10:00:00"}}, "has no time zone"),

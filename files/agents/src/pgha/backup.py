@@ -151,6 +151,22 @@ def restore_argv(cfg: BackupConfig, pitr: dict[str, str], label: str) -> list[st
     return argv(cfg, "restore", *extra)
 
 
+def standby_restore_argv(cfg: BackupConfig, label: str) -> list[str]:
+    """``pgbackrest restore`` of ``label`` as a standby (it replays the archive, then streams)."""
+    return argv(cfg, "restore", f"--set={label}", "--type=standby", "--log-level-console=info")
+
+
+def backup_for_replica(listed: list[dict[str, Any]], timeline: int | None) -> dict[str, Any] | None:
+    """The latest backup a new replica of a primary on ``timeline`` can start from: one taken on
+    that timeline (an older timeline's backup would replay, from the archive, WAL past the fork
+    when the new timeline's history is not archived yet)."""
+    if not timeline:
+        return None
+    mine = [b for b in listed if isinstance(b.get("wal_start"), str) and len(b["wal_start"]) == 24
+            and b["wal_start"][:8].upper() == f"{timeline:08X}"]
+    return mine[-1] if mine else None
+
+
 def recovery_parameters(cfg: BackupConfig, pitr: dict[str, str]) -> dict[str, str]:
     """The PostgreSQL parameters of the recovery (the keeper writes them in its own configuration:
     pgBackRest's, in postgresql.auto.conf, are discarded), removed once it has promoted."""

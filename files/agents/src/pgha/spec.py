@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     # this often when there are writes (what a total loss costs at most), and full backups kept
     "archive_timeout": 10.0,
     "backup_retention_full": 2,
+    # how a new or re-cloned replica gets its data: "backup" restores the latest backup of the
+    # cluster's current timeline from the repository, replays the archive, then streams (the
+    # primary serves only the WAL since); "basebackup" (and "backup" without a usable backup) copies
+    # everything from the primary with pg_basebackup
+    "replica_create_method": "backup",
 }
 
 DURATION_KEYS = {
@@ -203,6 +208,7 @@ class Spec:
     archive_timeout: float = 10.0
     backup_retention_full: int = 2
     pitr: dict[str, Any] | None = field(default=None, hash=False)
+    replica_create_method: str = "backup"
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (what is stored and printed)."""
@@ -322,6 +328,8 @@ def normalize(doc: Any) -> Spec:
 
     spec["pg_parameters"] = _pg_parameters(spec["pg_parameters"])
     spec["pg_hba"] = _pg_hba(spec["pg_hba"])
+    if spec["replica_create_method"] not in ("backup", "basebackup"):
+        raise SpecError(f"replica_create_method: 'backup' or 'basebackup', got {spec['replica_create_method']!r}")
     if spec["init_mode"] not in ("new", "existing", "pitr"):
         raise SpecError(f"init_mode: expected 'new', 'existing' or 'pitr', got {spec['init_mode']!r}")
     if spec["init_mode"] == "pitr":

@@ -47,6 +47,9 @@ class Actions:
     def write_backup_config(self) -> None:
         pass
 
+    def replica_from_backup(self, want: KeeperSpec | None, follow_addr: str) -> bool:
+        return False  # no repository: a base backup from the primary
+
     def restore_from_backup(self, want: KeeperSpec | None) -> None:
         raise PgError("init_mode pitr needs a backup repository: start this keeper with --backup-repo-path")
 
@@ -314,6 +317,8 @@ class Actions:
         with self.lock:
             self.pg.stop("fast")
         self.save_state(cluster_uid=self.cd.uid, initializing=True)
+        if self.replica_from_backup(want, follow_addr):
+            return
         self.phase = "basebackup"
         host, port = follow_addr.rsplit(":", 1)
         t0 = time.monotonic()

@@ -189,6 +189,54 @@ class Backups:
                     "primary on timeline %s", label, target, time.monotonic() - t0, restored["timeline"])
         self.wake_heartbeat()
 
+    # ------------------------------------------------------------------ replicas from backup
+    def replica_from_backup(self, want: KeeperSpec | None, follow_addr: str) -> bool:
+        """spec replica_create_method backup: make this (stopped, emptied-to-be) keeper a replica
+        from the repository's latest backup of the cluster's timeline; False (nothing done but
+        the log line) when there is none or the restore fails: the caller takes a base backup."""
+        cfg, cd = self.backup_cfg, self.cd
+        if cfg is None or cd is None or self.spec.replica_create_method != "backup":
+            return False
+        self.write_backup_config()
+        try:
+            listed = pb.backups(pb.run(pb.argv(cfg, "info", "--output=json"), "pgbackrest info", timeout=60),
+                                cfg.stanza)
+        except pb.BackupError as exc:
+            logger.info("no backup to create this replica from (%s): taking a base backup from the primary", exc)
+            return False
+        chosen = pb.backup_for_replica(listed, cd.timeline)
+        if chosen is None:
+            logger.info("the repository holds no backup of timeline %s (the cluster's): taking a base backup from the "
+                        "primary (replica_create_method backup uses one once taken)", cd.timeline)
+            return False
+        self.phase = "restore"
+        t0 = time.monotonic()
+        self.pg.wipe()
+        self.pg.pgdata.mkdir(mode=0o700)
+        try:
+            pb.run(pb.standby_restore_argv(cfg, chosen["label"]), "pgbackrest restore", timeout=None)
+        except pb.BackupError as exc:
+            logger.warning("%s: taking a base backup from the primary instead", exc)
+            self.pg.wipe()
+            return False
+        self.pg.ensure_include()
+        (self.pg.pgdata / "postgresql.auto.conf").write_text(pg_auto_conf_header())
+        try:
+            self.configure(want, False, follow_addr)
+            self.start()
+        except (PgError, OSError) as exc:
+            logger.warning("the replica restored from backup %s did not start (%s): taking a base backup from the "
+                           "primary instead", chosen["label"], exc)
+            with self.lock:
+                self.pg.stop("immediate")
+            self.pg.wipe()
+            return False
+        self.save_state(cluster_uid=cd.uid, initializing=False)
+        logger.info("replica created from backup %s (%s bytes from the repository, not the primary) in %.1fs; "
+                    "replaying the archive, then streaming from %s", chosen["label"], chosen.get("size_bytes"),
+                    time.monotonic() - t0, follow_addr)
+        return True
+
     def _wait_promoted(self, target: str) -> None:
         """Until the recovery has reached its target and promoted (PostgreSQL exits when it cannot)."""
         deadline = time.monotonic() + RECOVERY_TIMEOUT

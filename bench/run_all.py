@@ -2,11 +2,11 @@
 """`make bench`: every side-by-side benchmark in turn, one combined result file, then the plots.
 
 Runs bench/proxy_cost.py, bench/failover.py (pgha async/sync, Patroni default/fast), bench/scale.py,
-bench/bringup.py and bench/partition.py (three test hosts) one after the other (never two at once: the machine has 2 cores), each writing
+bench/bringup.py, bench/backup.py and bench/partition.py (three test hosts) one after the other (never two at once: the machine has 2 cores), each writing
 its own result file; then writes ``bench/results/<timestamp>.json`` holding all of them (with their
 file names) and draws the PNG plots under docs/img/ (bench/plots.py).
 
-Usage: bench/run_all.py [--only proxy,proxy-target,failover,scale,bringup,partition] [--quick] [--output DIR]
+Usage: bench/run_all.py [--only proxy,proxy-target,failover,scale,bringup,backup,partition] [--quick] [--output DIR]
 ``--quick`` runs fewer rounds and shorter windows (a smoke test of the whole pipeline).
 """
 
@@ -34,6 +34,8 @@ BENCHES = {
                  ["failover.py", "--systems", "pgha-async,patroni-fast", "--rounds", "1"]),
     "scale": (["scale.py"], ["scale.py", "--keepers", "3,10", "--window", "5", "--settle", "3"]),
     "bringup": (["bringup.py", "--rounds", "3"], ["bringup.py", "--rounds", "1"]),
+    # pgBackRest: 10 PITR targets restored in place, then a replica from backup next to pg_basebackup on ~1 GB
+    "backup": (["backup.py"], ["backup.py", "--targets", "3", "--duration", "6", "--scale", "2"]),
     # three test hosts (root): every partition kind in both modes, then 30 minutes of chaos
     "partition": (["partition.py", "--rounds", "10", "--other-rounds", "3", "--chaos-minutes", "30"],
                   ["partition.py", "--rounds", "1", "--other-rounds", "1", "--kinds", "primary,proxy"]),

@@ -30,7 +30,7 @@ export PATH="$VENV/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$ROOT/collections"
 export ANSIBLE_NOCOLOR=1 PY_COLORS=0
 
-log() { printf '\ntest-collection: %s\n' "$*" >&2; }
+log() { printf '\ntest-collection: [%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 [ -x "$VENV/bin/ansible-test" ] || { echo "test-collection: no $VENV/bin/ansible-test: run scripts/bootstrap.sh" >&2; exit 1; }
 [ -d "$ROOT/collections/ansible_collections/community/general" ] || {

@@ -245,6 +245,11 @@ def backups(info_json: str, stanza: str) -> list[dict[str, Any]]:
     return out
 
 
+def list_backups(cfg: BackupConfig) -> list[dict[str, Any]]:
+    """The backups of ``cfg``'s stanza in its repository (``backups`` of ``pgbackrest info``)."""
+    return backups(run(argv(cfg, "info", "--output=json"), "pgbackrest info", timeout=60), cfg.stanza)
+
+
 def summary(state: dict[str, Any], now: float) -> dict[str, Any] | None:
     """What ``pghactl status`` and /metrics show of a keeper's backup state (its status's ``backup``
     field, which anyone who can write the store can forge: odd types read as unknown)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pgha import cli
-from pgha.backup import BACKUP_TYPES, summary as backup_summary
+from pgha.backup import BACKUP_TYPES, describe_target, summary as backup_summary
 from pgha.model import (
     COMMAND_SWITCHOVER,
     FORMAT_VERSION,
@@ -207,9 +207,10 @@ class Ctl:
             if doc is not None and isinstance(doc.get("uid"), str):
                 # the keepers of the cluster restored in place discard their data (and only theirs); a
                 # restore of it that never finished left their data to that cluster's: carried forward
-                before = (doc.get("spec") or {}).get("pitr") or {}
-                earlier = [u for u in before.get("replaces") or [] if isinstance(u, str)] \
-                    if isinstance(before, dict) and isinstance(before.get("replaces"), list) else []
+                try:
+                    earlier = normalize(doc.get("spec")).replaced_clusters
+                except SpecError:
+                    earlier = ()
                 replaces = [doc["uid"]] + [u for u in earlier if u != doc["uid"]][:7]
                 normalized = self._parse({**normalized.to_dict(), "pitr": {**pitr, "replaces": replaces}})
         uid = uuid.uuid4().hex[:12]
@@ -469,9 +470,7 @@ def _cmd_init(args: argparse.Namespace, ctl: Ctl) -> None:
     done = ctl.init(spec, force=args.yes)
     if done["init_mode"] == "pitr":
         pitr = done["pitr"] or {}
-        target = next((f"{k[7:]} {pitr[k]}" for k in ("target_time", "target_lsn", "target_name") if k in pitr),
-                      "the end of the archive")
-        print(f"cluster {args.cluster_name} initialized for a point-in-time recovery to {target}; the leading "
+        print(f"cluster {args.cluster_name} initialized for a point-in-time recovery to {describe_target(pitr)}; the leading "
               "sentinel will now pick a keeper with the backup repository to restore it"
               + ("; the keepers of the cluster it replaces discard their data" if "replaces" in pitr else ""))
     else:

@@ -210,6 +210,12 @@ class Spec:
     pitr: dict[str, Any] | None = field(default=None, hash=False)
     replica_create_method: str = "backup"
 
+    @property
+    def replaced_clusters(self) -> tuple[str, ...]:
+        """The uids of the clusters this one restores in place (``pitr.replaces``): their keepers'
+        data is discarded."""
+        return tuple((self.pitr or {}).get("replaces") or ())
+
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (what is stored and printed)."""
         d = asdict(self)

@@ -33,6 +33,9 @@ HOT_STANDBY_PARAMETERS = {"max_connections": 100, "max_worker_processes": 8, "ma
                           "max_locks_per_transaction": 64}
 
 
+NO_REPOSITORY = "init_mode pitr needs a backup repository: start this keeper with --backup-repo-path"
+
+
 class Actions:
     """The actions and the configuration; uses the Keeper's pg, spec, cluster data and local state."""
 
@@ -51,7 +54,7 @@ class Actions:
         return False  # no repository: a base backup from the primary
 
     def restore_from_backup(self, want: KeeperSpec | None) -> None:
-        raise PgError("init_mode pitr needs a backup repository: start this keeper with --backup-repo-path")
+        raise PgError(NO_REPOSITORY)
 
     def pg_parameters(self, primary: bool, want: KeeperSpec | None) -> dict[str, str]:
         params = dict(DEFAULT_PG_PARAMETERS)

@@ -24,6 +24,7 @@ from typing import Any
 import psycopg2
 
 from pgha import backup as pb
+from pgha.keeper.actions import NO_REPOSITORY
 from pgha.keeper.pg import PgError, pg_auto_conf_header
 from pgha.model import ROLE_PRIMARY, FormatError, KeeperSpec, loads
 from pgha.store import StoreError
@@ -120,7 +121,7 @@ class Backups:
         cd = self.cd
         assert cd is not None
         if cfg is None:
-            raise PgError("init_mode pitr needs a backup repository: start this keeper with --backup-repo-path")
+            raise PgError(NO_REPOSITORY)
         pitr = dict(self.spec.pitr or {})
         source = replace(cfg, stanza=self.restore_stanza() or cfg.stanza)
         target = pb.describe_target(pitr)
@@ -129,8 +130,7 @@ class Backups:
             raise PgError(why)
         self.write_backup_config()
         try:
-            info = pb.run(pb.argv(source, "info", "--output=json"), "pgbackrest info", timeout=60)
-            label = pb.choose_backup(pb.backups(info, source.stanza), pitr, source.stanza)
+            label = pb.choose_backup(pb.list_backups(source), pitr, source.stanza)
         except pb.BackupError as exc:
             self._restore_refused = (time.monotonic(), f"cannot restore to {target}: {exc}", cd.uid)
             raise PgError(self._restore_refused[1]) from None
@@ -141,16 +141,11 @@ class Backups:
         self.phase = "restore"
         logger.info("point-in-time recovery to %s: restoring backup %s of stanza %s", target, label, source.stanza)
         t0 = time.monotonic()
-        self.pg.wipe()
-        self.pg.pgdata.mkdir(mode=0o700)
         try:
-            out = pb.run(pb.restore_argv(source, pitr, label), "pgbackrest restore", timeout=None)
+            out = self._restore_data_dir(pb.restore_argv(source, pitr, label))
         except pb.BackupError as exc:
             raise PgError(str(exc)) from None
         restored_at = time.monotonic()
-        self.pg.ensure_include()
-        # pgBackRest's recovery settings: the keeper's own configuration has them (and drops them after)
-        (self.pg.pgdata / "postgresql.auto.conf").write_text(pg_auto_conf_header())
         self.recovery = pb.recovery_parameters(source, pitr)
         self.configure(want, True, None)
         self.phase = "recovering"
@@ -199,8 +194,7 @@ class Backups:
             return False
         self.write_backup_config()
         try:
-            listed = pb.backups(pb.run(pb.argv(cfg, "info", "--output=json"), "pgbackrest info", timeout=60),
-                                cfg.stanza)
+            listed = pb.list_backups(cfg)
         except pb.BackupError as exc:
             logger.info("no backup to create this replica from (%s): taking a base backup from the primary", exc)
             return False
@@ -211,16 +205,12 @@ class Backups:
             return False
         self.phase = "restore"
         t0 = time.monotonic()
-        self.pg.wipe()
-        self.pg.pgdata.mkdir(mode=0o700)
         try:
-            pb.run(pb.standby_restore_argv(cfg, chosen["label"]), "pgbackrest restore", timeout=None)
+            self._restore_data_dir(pb.standby_restore_argv(cfg, chosen["label"]))
         except pb.BackupError as exc:
             logger.warning("%s: taking a base backup from the primary instead", exc)
             self.pg.wipe()
             return False
-        self.pg.ensure_include()
-        (self.pg.pgdata / "postgresql.auto.conf").write_text(pg_auto_conf_header())
         try:
             self.configure(want, False, follow_addr)
             self.start()
@@ -236,6 +226,17 @@ class Backups:
                     "replaying the archive, then streaming from %s", chosen["label"], chosen.get("size_bytes"),
                     time.monotonic() - t0, follow_addr)
         return True
+
+    def _restore_data_dir(self, restore: list[str]) -> str:
+        """Run the ``pgbackrest restore`` command line ``restore`` into an emptied data directory and
+        make the result the keeper's: its include line, and none of the settings pgBackRest writes
+        to postgresql.auto.conf (the keeper's own configuration has what it needs). Its output."""
+        self.pg.wipe()
+        self.pg.pgdata.mkdir(mode=0o700)
+        out = pb.run(restore, "pgbackrest restore", timeout=None)
+        self.pg.ensure_include()
+        (self.pg.pgdata / "postgresql.auto.conf").write_text(pg_auto_conf_header())
+        return out
 
     def _wait_promoted(self, target: str) -> None:
         """Until the recovery has reached its target and promoted (PostgreSQL exits when it cannot)."""
@@ -319,8 +320,7 @@ class Backups:
         cfg = self.backup_cfg
         assert cfg is not None
         try:
-            out = pb.run(pb.argv(cfg, "info", "--output=json"), "pgbackrest info", timeout=60)
-            self._set(backups=pb.backups(out, cfg.stanza), listed_at=time.time())
+            self._set(backups=pb.list_backups(cfg), listed_at=time.time())
         except pb.BackupError as exc:
             logger.debug("%s", exc)
 

@@ -267,8 +267,8 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
         if cd and want and want.role == ROLE_REPLICA and want.follow and want.follow in cd.keepers:
             follow_addr = cd.keepers[want.follow].address or None
         rewind_after = max(5.0, 2 * self.spec.fail_interval)
-        replaces = tuple((cd.spec.pitr or {}).get("replaces") or ()) if cd else ()
-        action = kd.decide(want, cd.uid if cd else None, follow_addr, self.local(), rewind_after, replaces)
+        action = kd.decide(want, cd.uid if cd else None, follow_addr, self.local(), rewind_after,
+                           cd.spec.replaced_clusters if cd else ())
         if (action.kind, action.reason) != self.last_action:
             quiet = action.kind in (kd.WAIT, kd.RECONCILE_PRIMARY, kd.RECONCILE_REPLICA)
             (logger.debug if quiet and not self.last_action[0] == "" else logger.info)(

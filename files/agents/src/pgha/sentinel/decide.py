@@ -149,7 +149,7 @@ def _joinable(cd: ClusterData) -> tuple[str | None, ...]:
     """The cluster uids a keeper's data may belong to for it to take part: none yet, this cluster,
     or the clusters this one restores in place (init_mode pitr with pghactl init --yes: that data is
     discarded)."""
-    return (None, cd.uid, *((cd.spec.pitr or {}).get("replaces") or ()))
+    return (None, cd.uid, *cd.spec.replaced_clusters)
 
 
 def _remove_keeper(cd: ClusterData, uid: str) -> ClusterData:

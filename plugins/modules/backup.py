@@ -67,6 +67,8 @@ backup:
     stop: 1764756920
     wal_start: "000000010000000000000004"
     wal_stop: "000000010000000000000004"
+    lsn_start: "0/4000028"
+    lsn_stop: "0/4000100"
     size_bytes: 4000000
     keeper: keeper1
     seconds: 20.1

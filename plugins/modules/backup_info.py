@@ -49,6 +49,8 @@ backups:
       stop: 1764756920
       wal_start: "000000010000000000000004"
       wal_stop: "000000010000000000000004"
+      lsn_start: "0/4000028"
+      lsn_stop: "0/4000100"
       size_bytes: 4000000
 keepers:
   description: Each keeper's backup state (null for a keeper without a repository).

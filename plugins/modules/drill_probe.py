@@ -13,6 +13,10 @@ description:
   - Starts C(pgha-drill probe) in the background - one acknowledged INSERT every O(interval)
     seconds through O(dsn) (the proxy), each acknowledgement and error recorded in O(events) - or
     stops it with SIGTERM.
+  - With O(workload=marks) it starts the backup drill's marker rows instead (C(pgha-drill marks)),
+    one row every O(interval) seconds (1 s for the drill), each with the WAL file it is in and what
+    the primary had archived. Once stopped, it waits until the last row's WAL file is archived (up
+    to 120 s).
   - The password reaches the probe through its environment, never its command line.
 author:
   - pgha developers (!UNKNOWN)
@@ -44,6 +48,11 @@ options:
   events:
     description: File the probe appends its events to.
     type: path
+  workload:
+    description: V(probe), the failover drills' writes, or V(marks), the backup drill's marker rows.
+    type: str
+    choices: [probe, marks]
+    default: probe
   interval:
     description: Seconds between two writes.
     type: float
@@ -95,6 +104,7 @@ def main():
             password=dict(type="str", no_log=True),
             table=dict(type="str", default="pgha_drill"),
             events=dict(type="path"),
+            workload=dict(type="str", choices=["probe", "marks"], default="probe"),
             interval=dict(type="float", default=0.02),
             max_duration=dict(type="float", default=900),
             pid=dict(type="int"),
@@ -107,12 +117,12 @@ def main():
     if p["state"] == "stopped":
         if module.check_mode:
             module.exit_json(changed=True, pid=p["pid"])
-        module.exit_json(changed=drill.stop_probe(p["pid"]), pid=p["pid"])
+        module.exit_json(changed=drill.stop_probe(p["pid"], timeout=150), pid=p["pid"])
     if module.check_mode:
         module.exit_json(changed=True, pid=0)
     try:
         pid = drill.start_probe(p["dsn"], p["table"], p["events"], password=p["password"],
-                                interval=p["interval"], max_duration=p["max_duration"])
+                                interval=p["interval"], max_duration=p["max_duration"], workload=p["workload"])
     except OSError as exc:
         module.fail_json(msg="cannot start the drill probe: %s" % exc)
     module.exit_json(changed=True, pid=pid)

@@ -3,6 +3,7 @@ real etcd, PostgreSQL and pgBackRest, archiving, ``pghactl backup`` and ``pghact
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import json
 import re
@@ -47,6 +48,7 @@ INFO = [{"name": "main", "status": {"code": 0}, "backup": [
      "info": {"size": 30000000, "delta": 100000, "repository": {"size": 4000000, "delta": 20000}}},
     {"label": "20261203-101500F", "type": "full", "timestamp": {"start": 1764756900, "stop": 1764756920},
      "archive": {"start": "000000010000000000000004", "stop": "000000010000000000000004"},
+     "lsn": {"start": "0/4000028", "stop": "0/4000100"},
      "info": {"size": 30000000, "delta": 30000000, "repository": {"size": 4000000, "delta": 4000000}}},
 ]}, {"name": "other", "backup": [{"label": "x", "type": "full"}]}]
 
@@ -56,7 +58,8 @@ def test_the_backups_of_the_stanza_oldest_first() -> None:
     assert [b["label"] for b in listed] == ["20261203-101500F", "20261203-101500F_20261203-102000I"]
     assert listed[0] == {"label": "20261203-101500F", "type": "full", "start": 1764756900, "stop": 1764756920,
                          "wal_start": "000000010000000000000004", "wal_stop": "000000010000000000000004",
-                         "size_bytes": 4000000}
+                         "lsn_start": "0/4000028", "lsn_stop": "0/4000100", "size_bytes": 4000000}
+    assert listed[1]["lsn_start"] is None  # an entry without lsn
     assert pb.backups("[]", "main") == [] and pb.backups(json.dumps(INFO), "nope") == []
     with pytest.raises(pb.BackupError, match="not JSON"):
         pb.backups("{oops", "main")
@@ -221,7 +224,7 @@ def test_wal_is_archived_and_pghactl_backs_up_and_lists(cluster_factory) -> None
 
     listed = json.loads(c.ctl("backups", "--format", "json").stdout)
     assert [b["label"] for b in listed] == [full["label"], incr["label"]]
-    assert all(set(b) == {"label", "type", "start", "stop", "wal_start", "wal_stop", "size_bytes"} for b in listed)
+    assert all(set(b) == {"label", "type", "start", "stop", "wal_start", "wal_stop", "lsn_start", "lsn_stop", "size_bytes"} for b in listed)
     assert listed[0]["start"] <= listed[0]["stop"] <= listed[1]["start"]
     summary = keeper_rows(c)[primary]["backup"]
     assert summary["backups"] == 2 and summary["seconds_since_backup"] is not None
@@ -237,6 +240,21 @@ def test_wal_is_archived_and_pghactl_backs_up_and_lists(cluster_factory) -> None
     conf = Path(c.tmp / primary / "data" / "pgbackrest" / "pgbackrest.conf")
     assert conf.stat().st_mode & 0o777 == 0o600
     assert c.su_password not in conf.read_text()
+
+    # a daily schedule that runs next minute (its run of yesterday is satisfied by today's backups):
+    # the primary takes that backup when the minute comes, once
+    assert listed[0]["lsn_start"] and listed[0]["lsn_start"] <= listed[0]["lsn_stop"]
+    run = time.gmtime(time.time() + 60)
+    run_at = calendar.timegm(run) - run.tm_sec
+    c.ctl("update", "--patch", json.dumps({"backup_schedule_diff": f"{run.tm_min} {run.tm_hour} * * *"}))
+    c.wait_for(lambda s: len(json.loads(c.ctl("backups", "--format", "json").stdout)) == 3, timeout=180,
+               what="the scheduled backup listed")
+    scheduled = json.loads(c.ctl("backups", "--format", "json").stdout)[-1]
+    assert scheduled["type"] == "diff" and scheduled["start"] >= run_at
+    assert "and no backup satisfies it yet: running pgbackrest backup" in c.keepers[primary].log_text()
+    time.sleep(3)
+    assert len(json.loads(c.ctl("backups", "--format", "json").stdout)) == 3
+    assert c.ctl("update", "--patch", '{"backup_schedule_full": "0 1 * *"}', check=False).returncode != 0
     c.check_logs()
 
 
@@ -365,3 +383,80 @@ def test_point_in_time_recovery_in_place_restores_exactly_the_rows_before_the_ta
     # the backup is of the timeline before the recovery's: the replica was copied from the primary
     assert "holds no backup of timeline" in c.keepers[replica].log_text()
     c.check_logs()
+
+
+# ----------------------------------------------------------------------------- schedules
+def _utc(text: str) -> float:
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("expr, now, expected", [
+    ("0 1 * * 0", "2026-12-03 18:07:00", "2026-11-29 01:00:00"),  # weekly, Sunday 01:00; now is a Thursday
+    ("0 1 * * 7", "2026-12-03 18:07:00", "2026-11-29 01:00:00"),  # 7 is Sunday too
+    ("@daily", "2026-12-03 00:00:30", "2026-12-03 00:00:00"),  # the minute it runs counts
+    ("*/15 * * * *", "2026-12-03 18:14:59", "2026-12-03 18:00:00"),
+    ("30 2 13 * 5", "2026-12-03 18:07:00", "2026-11-27 02:30:00"),  # the 13th or a Friday (cron's either-or)
+    ("0 3 1-7 * *", "2026-12-03 02:59:00", "2026-12-02 03:00:00"),
+    ("0 0 29 2 *", "2026-12-03 00:00:00", "2024-02-29 00:00:00"),  # leap days only: more than a year back
+    ("0 22,6 * 1-3 1-5", "2026-12-03 18:07:00", "2026-03-31 22:00:00"),
+])
+def test_the_previous_run_of_a_schedule(expr: str, now: str, expected: str) -> None:
+    assert pb.previous_run(pb.parse_schedule(expr), _utc(now), horizon_days=1500) == _utc(expected)
+
+
+def test_a_schedule_that_never_runs_within_the_horizon() -> None:
+    assert pb.previous_run(pb.parse_schedule("0 0 31 2 *"), _utc("2026-12-03 00:00:00")) is None
+
+
+@pytest.mark.parametrize("expr, why", [
+    ("0 1 * *", "five fields"), ("60 * * * *", "minute '60' outside 0-59"), ("0 0 0 * *", "day of month"),
+    ("0 0 * 13 *", "month"), ("0 0 * * 8", "day of week"), ("0 0 * * mon", "not \\*, N"),
+    ("5-1 * * * *", "outside"), ("*/0 * * * *", "outside"), ("", "five fields"),
+])
+def test_a_malformed_schedule_says_what_is_wrong(expr: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        pb.parse_schedule(expr)
+
+
+NOW = _utc("2026-12-03 18:07:00")  # Thursday; the weekly full ran Sunday 11-29 01:00, the daily diff today 01:00
+
+
+@pytest.mark.parametrize("full, diff, listed, expected", [
+    # nothing scheduled
+    ("", "", [], None),
+    # a new schedule on a cluster without backups: the run missed is made up at once
+    ("0 1 * * 0", "", [], ("full", "2026-11-29 01:00:00")),
+    ("", "0 1 * * *", [], ("diff", "2026-12-03 01:00:00")),
+    # the full of Sunday was taken: no full due; the diff of today not yet
+    ("0 1 * * 0", "0 1 * * 1-6", [("full", "2026-11-29 01:00:05")], ("diff", "2026-12-03 01:00:00")),
+    # and once today's diff ran, nothing is due
+    ("0 1 * * 0", "0 1 * * 1-6", [("full", "2026-11-29 01:00:05"), ("diff", "2026-12-03 01:00:02")], None),
+    # a full after the diff's run satisfies the diff too; an incremental satisfies neither
+    ("", "0 1 * * *", [("full", "2026-12-03 09:00:00")], None),
+    ("", "0 1 * * *", [("full", "2026-12-02 09:00:00"), ("incr", "2026-12-03 09:00:00")], ("diff", "2026-12-03 01:00:00")),
+    # a diff never satisfies the full schedule; the full comes first when both are due
+    ("0 1 * * 0", "0 1 * * *", [("diff", "2026-12-03 01:00:02")], ("full", "2026-11-29 01:00:00")),
+    # a backup that started before the run (and ended after) does not count for it
+    ("0 1 * * 0", "", [("full", "2026-11-29 00:59:59")], ("full", "2026-11-29 01:00:00")),
+    # a forged listing (start not a number) counts as no backup
+    ("0 1 * * 0", "", [("full", None)], ("full", "2026-11-29 01:00:00")),
+])
+def test_which_backup_the_schedules_call_for(full: str, diff: str, listed: list, expected: tuple | None) -> None:
+    backups = [{"label": f"b{i}", "type": t, "start": _utc(s) if s else "x"} for i, (t, s) in enumerate(listed)]
+    want = None if expected is None else (expected[0], _utc(expected[1]))
+    assert pb.scheduled_backup(full, diff, backups, NOW) == want
+
+
+def test_the_text_status_says_how_old_the_last_backup_and_archived_wal_are() -> None:
+    from pgha.ctl import _text_status
+    keeper = {"uid": "keeper1", "healthy": True, "role": "primary", "address": "127.0.0.1:5433", "timeline": 1,
+              "lsn": "0/3000000", "lag": None, "synchronous": False, "phase": "running", "error": "",
+              "backup": {"stanza": True, "backups": 2, "seconds_since_backup": 100.0, "archived_count": 7.0,
+                         "failed_count": 3.0, "seconds_since_archived": None, "restored": None}}
+    st = {"cluster": {"name": "main", "phase": "normal", "primary": "keeper1", "generation": 3, "message": "",
+                      "synchronous_standbys": []}, "keepers": [keeper], "sentinels": [], "proxies": []}
+    text = _text_status(st)
+    assert ("  backups: 2 in the repository, the last ended 100s ago; WAL last archived never, "
+            "3 archive failures") in text
+    keeper["backup"] = None
+    assert "backups:" not in _text_status(st)

@@ -102,6 +102,98 @@ def backup_argv(cfg: BackupConfig, kind: str) -> list[str]:
     return argv(cfg, "backup", f"--type={kind}")
 
 
+# ----------------------------------------------------------------------------- schedules
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+               ("day of week", 0, 7))
+CRON_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0",
+                "@monthly": "0 0 1 * *"}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron expression (five fields, in UTC): the minutes, hours, ... it runs at."""
+
+    text: str
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 = Sunday
+    any_day: bool  # day of month is *
+    any_weekday: bool  # day of week is *
+
+    def day_matches(self, d: datetime.date) -> bool:
+        if d.month not in self.months:
+            return False
+        dom, dow = d.day in self.days, (d.isoweekday() % 7) in self.weekdays
+        if self.any_day or self.any_weekday:
+            return dom and dow
+        return dom or dow  # cron: both restricted, either one will do
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse a cron expression (``minute hour day-of-month month day-of-week``, each ``*``, ``N``,
+    ``N-M``, with ``/step``, comma lists; or @hourly, @daily, @weekly, @monthly), in UTC.
+    Raises ValueError with what is wrong."""
+    expr = CRON_ALIASES.get(text.strip(), text.strip())
+    parts = expr.split()
+    if len(parts) != 5:
+        raise ValueError(f"{text!r}: a cron expression has five fields (minute hour day-of-month month "
+                         "day-of-week, in UTC), e.g. '0 1 * * 0', or @hourly, @daily, @weekly, @monthly")
+    sets: list[frozenset[int]] = []
+    for part, (name, lo, hi) in zip(parts, CRON_FIELDS):
+        values: set[int] = set()
+        for item in part.split(","):
+            m = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", item)
+            if not m:
+                raise ValueError(f"{text!r}: {name} {item!r} is not *, N, N-M or one of those with /step")
+            rng, step = m.group(1), int(m.group(2) or 1)
+            a, b = (lo, hi) if rng == "*" else (int(rng.split("-")[0]), int(rng.split("-")[-1]))
+            if not (lo <= a <= b <= hi) or step < 1:
+                raise ValueError(f"{text!r}: {name} {item!r} outside {lo}-{hi}")
+            values.update(range(a, b + 1, step))
+        sets.append(frozenset(values))
+    weekdays = frozenset(d % 7 for d in sets[4])  # 7 is Sunday too
+    return Schedule(text.strip(), sets[0], sets[1], sets[2], sets[3], weekdays,
+                    parts[2] == "*", parts[4] == "*")
+
+
+def previous_run(schedule: Schedule, now: float, horizon_days: int = 400) -> float | None:
+    """The latest minute at or before ``now`` (Unix seconds) that ``schedule`` runs at, as Unix
+    seconds; None when there is none within ``horizon_days``."""
+    t = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).replace(second=0, microsecond=0)
+    for back in range(horizon_days + 1):
+        day = (t - datetime.timedelta(days=back)).date()
+        if not schedule.day_matches(day):
+            continue
+        for hour in sorted(schedule.hours, reverse=True):
+            if back == 0 and hour > t.hour:
+                continue
+            for minute in sorted(schedule.minutes, reverse=True):
+                if back == 0 and hour == t.hour and minute > t.minute:
+                    continue
+                return datetime.datetime(day.year, day.month, day.day, hour, minute,
+                                         tzinfo=datetime.timezone.utc).timestamp()
+    return None
+
+
+def scheduled_backup(full: str, diff: str, listed: list[dict[str, Any]], now: float) -> tuple[str, float] | None:
+    """The backup the schedules call for now: ``(type, the run it is for)``, or None. A run is due
+    when no backup that satisfies it started since: a full for the full schedule, a full or a diff
+    for the diff schedule. A run missed (no primary, a failure) is made up once, at once."""
+    def last_start(kinds: tuple[str, ...]) -> float:
+        starts = [float(b["start"]) for b in listed if b.get("type") in kinds and isinstance(b.get("start"), (int, float))]
+        return max(starts, default=float("-inf"))
+
+    for kind, expr, satisfied_by in (("full", full, ("full",)), ("diff", diff, ("full", "diff"))):
+        if not expr:
+            continue
+        run_at = previous_run(parse_schedule(expr), now)
+        if run_at is not None and last_start(satisfied_by) < run_at:
+            return kind, run_at
+    return None
+
+
 # ----------------------------------------------------------------------------- point-in-time recovery
 PITR_TYPES = {"target_time": "time", "target_lsn": "lsn", "target_name": "name"}
 
@@ -216,8 +308,8 @@ def last_error(text: str) -> str:
 
 def backups(info_json: str, stanza: str) -> list[dict[str, Any]]:
     """The backups of ``stanza`` from ``pgbackrest info --output=json``, oldest first:
-    ``{label, type, start, stop, wal_start, wal_stop, size_bytes}`` (times as Unix seconds,
-    size_bytes what the repository holds for it)."""
+    ``{label, type, start, stop, wal_start, wal_stop, lsn_start, lsn_stop, size_bytes}`` (times as
+    Unix seconds, size_bytes what the repository holds for it)."""
     try:
         doc = json.loads(info_json or "[]")
     except ValueError as exc:
@@ -232,6 +324,7 @@ def backups(info_json: str, stanza: str) -> list[dict[str, Any]]:
             ts = b.get("timestamp") or {}
             archive = b.get("archive") or {}
             repo = (b.get("info") or {}).get("repository") or {}
+            lsn = b.get("lsn") if isinstance(b.get("lsn"), dict) else {}
             out.append({
                 "label": str(b.get("label", "")),
                 "type": str(b.get("type", "")),
@@ -239,6 +332,8 @@ def backups(info_json: str, stanza: str) -> list[dict[str, Any]]:
                 "stop": ts.get("stop"),
                 "wal_start": archive.get("start"),
                 "wal_stop": archive.get("stop"),
+                "lsn_start": lsn.get("start"),
+                "lsn_stop": lsn.get("stop"),
                 "size_bytes": repo.get("delta", repo.get("size")),
             })
     out.sort(key=lambda b: (b["start"] or 0, b["label"]))

@@ -410,7 +410,7 @@ class Ctl:
         return [{k: x.get(k) for k in BACKUP_FIELDS} for x in best[1]]
 
 
-BACKUP_FIELDS = ("label", "type", "start", "stop", "wal_start", "wal_stop", "size_bytes")
+BACKUP_FIELDS = ("label", "type", "start", "stop", "wal_start", "wal_stop", "lsn_start", "lsn_stop", "size_bytes")
 
 
 # ---------------------------------------------------------------------------------- command line
@@ -424,6 +424,14 @@ def _text_status(st: dict[str, Any]) -> str:
         lines.append(f"  note: {c['message']}")
     if c["synchronous_standbys"]:
         lines.append(f"  synchronous standbys: {', '.join(c['synchronous_standbys'])}")
+    b = next((k.get("backup") for k in st["keepers"] if k["uid"] == c["primary"]), None)
+    if b:
+        def ago(x: float | None) -> str:
+            return f"{x:g}s ago" if x is not None else "never"
+        lines.append(f"  backups: {b['backups']} in the repository, the last ended {ago(b['seconds_since_backup'])}; "
+                     f"WAL last archived {ago(b['seconds_since_archived'])}"
+                     + (f", {b['failed_count']:g} archive failures" if b.get("failed_count") else "")
+                     + ("" if b["stanza"] else "; no stanza yet (see the primary's log)"))
     lines.append("")
     lines.append(f"{'KEEPER':<12} {'HEALTHY':<8} {'ROLE':<8} {'ADDRESS':<22} {'TL':>3} {'LSN':<12} {'LAG':>8}  SYNC")
     for k in st["keepers"]:

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import psycopg2
 
+from pgha import backupdrill
 from pgha.log import redact
 from pgha.procs import descendants, pid_alive, signal_tree
 
@@ -423,20 +424,23 @@ def disrupt(action: str, data_dir: str | Path, supervisor_pidfile: str | Path | 
 
 
 def start_probe(dsn: str, table: str, out: str | Path, password: str | None = None, interval: float = 0.02,
-                max_duration: float = 900, program: str | None = None) -> int:
-    """Start ``pgha-drill probe`` detached; the password goes through the environment, never argv."""
+                max_duration: float = 900, program: str | None = None, workload: str = "probe") -> int:
+    """Start ``pgha-drill probe`` (or ``marks``, the backup drill's marker rows) detached; the
+    password goes through the environment, never argv."""
+    if workload not in ("probe", "marks"):
+        raise ValueError(f"workload {workload!r}: probe or marks")
     exe = program or str(Path(sys.executable).with_name("pgha-drill"))
     env = dict(os.environ)
     if password:
         env["PGPASSWORD"] = password
-    proc = subprocess.Popen([exe, "probe", "--dsn", dsn, "--table", table, "--out", str(out),
+    proc = subprocess.Popen([exe, workload, "--dsn", dsn, "--table", table, "--out", str(out),
                              "--interval", str(interval), "--max-duration", str(max_duration)],
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     return proc.pid
 
 
-def stop_probe(pid: int, timeout: float = 30) -> bool:
+def stop_probe(pid: int, timeout: float = 30) -> bool:  # marks: its archive wait is at most 120 s
     """SIGTERM the probe and wait for it; True when it was running."""
     if not pid_alive(pid):
         return False
@@ -543,6 +547,20 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", required=True, help="events file to append to")
     sp.add_argument("--interval", type=float, default=0.02, help="seconds between writes (default 0.02)")
     sp.add_argument("--max-duration", type=float, default=600, help="stop after this many seconds")
+    sp = sub.add_parser("marks", help="backup drill: a marker row every --interval, with its WAL file and what "
+                        "was archived; after the stop, waits for the last row's WAL file to be archived")
+    sp.add_argument("--dsn", required=True, help="libpq connection string (through the proxy)")
+    sp.add_argument("--table", default="pgha_backup_drill", help="table to write to (created if absent)")
+    sp.add_argument("--out", required=True, help="file to append the record to")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between rows (default 1)")
+    sp.add_argument("--max-duration", type=float, default=900, help="stop writing after this many seconds")
+    sp.add_argument("--archive-wait", type=float, default=120, help="seconds to wait for the archive (default 120)")
+    sp = sub.add_parser("restore-plan", help="backup drill: print the recovery target (JSON) chosen from the "
+                        "marks record, between two rows written after the backup ended")
+    sp.add_argument("--events", required=True, help="the file pgha-drill marks wrote")
+    sp.add_argument("--backup-stop", type=float, required=True, help="when the backup ended (Unix seconds)")
+    sp.add_argument("--fraction", type=float, default=0.5,
+                    help="where among the rows after the backup (0: the first, 1: the last; default 0.5)")
     sp = sub.add_parser("report", help="analyze a probe's events file and write the JSON/PNG report")
     sp.add_argument("--events", required=True)
     sp.add_argument("--markers", required=True, help='JSON object of wall-clock times, e.g. {"kill": 1.7e9}')
@@ -565,6 +583,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "probe":
         return probe(args.dsn, args.table, Path(args.out), args.interval, args.max_duration)
+    if args.command == "marks":
+        return backupdrill.marks(args.dsn, args.table, Path(args.out), args.interval, args.max_duration,
+                                 args.archive_wait)
+    if args.command == "restore-plan":
+        try:
+            print(json.dumps(backupdrill.plan(backupdrill.load_marks(args.events), args.backup_stop, args.fraction)))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         markers = {k: float(v) for k, v in json.loads(args.markers).items()}
         transition = json.loads(args.transition)

@@ -398,7 +398,7 @@ class KeeperStatus(Document):
     pg_tls: bool = False  # its PostgreSQL serves TLS and takes TCP logins only with it
     roles_ready: bool = False  # as primary, it has created its roles and the application database
     # with a backup repository: {"stanza": bool, "last": {id, state, type, label, error, finished_at},
-    # "backups": [{label, type, start, stop, wal_start, wal_stop, size_bytes}], "archived_count",
+    # "backups": [{label, type, start, stop, wal_start, wal_stop, lsn_start, lsn_stop, size_bytes}], "archived_count",
     # "failed_count", "last_archived_at", "last_failed_at"} (pgha.keeper.backups); {} without
     backup: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 

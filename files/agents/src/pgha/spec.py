@@ -15,6 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pgha.backup import parse_schedule
+
 # Defaults are chosen for fast, safe failover on a LAN: a keeper whose lease is not renewed for
 # fail_interval is failed; the sentinel and keepers react to store changes at once (watch) and
 # otherwise poll every sleep_interval.
@@ -49,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # primary serves only the WAL since); "basebackup" (and "backup" without a usable backup) copies
     # everything from the primary with pg_basebackup
     "replica_create_method": "backup",
+    # when the primary's keeper backs up by itself (cron expressions in UTC, "" = never): a run
+    # missed is made up at once, so a schedule gives a new cluster its first backup
+    "backup_schedule_full": "",
+    "backup_schedule_diff": "",
 }
 
 DURATION_KEYS = {
@@ -209,6 +215,8 @@ class Spec:
     backup_retention_full: int = 2
     pitr: dict[str, Any] | None = field(default=None, hash=False)
     replica_create_method: str = "backup"
+    backup_schedule_full: str = ""
+    backup_schedule_diff: str = ""
 
     @property
     def replaced_clusters(self) -> tuple[str, ...]:
@@ -334,6 +342,15 @@ def normalize(doc: Any) -> Spec:
 
     spec["pg_parameters"] = _pg_parameters(spec["pg_parameters"])
     spec["pg_hba"] = _pg_hba(spec["pg_hba"])
+    for key in ("backup_schedule_full", "backup_schedule_diff"):
+        if not isinstance(spec[key], str):
+            raise SpecError(f"{key}: a cron expression (string), e.g. '0 1 * * 0'")
+        spec[key] = spec[key].strip()
+        if spec[key]:
+            try:
+                parse_schedule(spec[key])
+            except ValueError as exc:
+                raise SpecError(f"{key}: {exc}") from None
     if spec["replica_create_method"] not in ("backup", "basebackup"):
         raise SpecError(f"replica_create_method: 'backup' or 'basebackup', got {spec['replica_create_method']!r}")
     if spec["init_mode"] not in ("new", "existing", "pitr"):

@@ -6,6 +6,8 @@ and the **backup** thread, on its own so the main loop never waits for pgBackRes
   while it fails, each distinct failure logged once);
 * carries out the backup request ``pghactl backup`` left at ``backup/request`` when it names this
   keeper (one at a time; a request already carried out is not run again after a restart);
+* on the primary, takes the backups the spec's schedules call for (``backup_schedule_full``,
+  ``backup_schedule_diff``; ``pgha.backup.scheduled_backup`` decides from the repository's listing);
 * lists the repository's backups (``pgbackrest info``) every minute and after each backup, and on
   the primary reads ``pg_stat_archiver`` every few seconds;
 
@@ -36,6 +38,7 @@ RESTORE_RETRY = 10.0  # a refused restore (no backup before the target...) is lo
 RECOVERY_TIMEOUT = 24 * 3600.0
 INFO_EVERY = 60.0
 ARCHIVER_EVERY = 5.0
+SCHEDULE_RETRY = 300.0  # a scheduled backup that failed is tried again this often
 
 
 def parse_request(raw: bytes | str) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class Backups:
         self.backup_state = {"stanza": False, "repo": self.args.backup_repo_path}
         self._stanza_tried = 0.0
         self._info_at = 0.0
+        self._schedule_failed_at = float("-inf")
         self._archiver_at = 0.0
         self._backup_problem = ""
 
@@ -294,6 +298,8 @@ class Backups:
             self._archiver_at = now
             self._read_archiver()
         self._carry_out_request()
+        if primary and self.backup_state.get("stanza"):
+            self._run_schedule()
         if now - self._info_at >= INFO_EVERY:
             self._info_at = now
             self._read_info()
@@ -338,30 +344,55 @@ class Backups:
             return
         if req["keeper"] != self.uid or req["id"] == self.local_state.get("backup_done_id"):
             return
+        logger.info("backup %s (%s) requested: running pgbackrest backup", req["id"], req["type"])
+        self._run_backup(req["id"], req["type"])
+        self.save_state(backup_done_id=req["id"])
+
+    def _run_schedule(self) -> None:
+        """spec backup_schedule_full/diff, on the primary: take the backup a schedule calls for (the
+        repository's listing says what was taken; a failed one is tried again after SCHEDULE_RETRY)."""
+        spec = self.spec
+        if not (spec.backup_schedule_full or spec.backup_schedule_diff) or "listed_at" not in self.backup_state:
+            return
+        due = pb.scheduled_backup(spec.backup_schedule_full, spec.backup_schedule_diff,
+                                  self.backup_state.get("backups") or [], time.time())
+        if due is None or time.monotonic() - self._schedule_failed_at < SCHEDULE_RETRY:
+            return
+        kind, run_at = due
+        rid = f"scheduled{int(run_at)}"
+        logger.info("backup %s (%s): the schedule %r ran at %s and no backup satisfies it yet: running pgbackrest "
+                    "backup", rid, kind, spec.backup_schedule_full if kind == "full" else spec.backup_schedule_diff,
+                    time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run_at)))
+        if not self._run_backup(rid, kind, scheduled=True):
+            self._schedule_failed_at = time.monotonic()
+
+    def _run_backup(self, rid: str, kind: str, scheduled: bool = False) -> bool:
+        """Run ``pgbackrest backup``, reporting it in the status as ``last``; True when it worked."""
         cfg = self.backup_cfg
         assert cfg is not None
-        last: dict[str, Any] = {"id": req["id"], "type": req["type"], "state": "running", "started_at": time.time()}
+        last: dict[str, Any] = {"id": rid, "type": kind, "state": "running", "started_at": time.time(),
+                                "scheduled": scheduled}
         self._set(last=dict(last))
         self.wake_heartbeat()
-        logger.info("backup %s (%s) requested: running pgbackrest backup", req["id"], req["type"])
         t0 = time.monotonic()
         try:
             if not self.backup_state.get("stanza"):
                 raise pb.BackupError("the stanza is not created yet (this keeper is not an initialized primary, "
                                      "or stanza-create fails: see its log)")
-            pb.run(pb.backup_argv(cfg, req["type"]), "pgbackrest backup", timeout=None)
+            pb.run(pb.backup_argv(cfg, kind), "pgbackrest backup", timeout=None)
             self._read_info()
             done = self.backup_state.get("backups") or []
             last.update(state="done", label=done[-1]["label"] if done else None)
-            logger.info("backup %s done in %.1fs: %s", req["id"], time.monotonic() - t0, last.get("label"))
+            logger.info("backup %s done in %.1fs: %s", rid, time.monotonic() - t0, last.get("label"))
         except pb.BackupError as exc:
             last.update(state="failed", error=str(exc))
-            logger.error("backup %s failed: %s", req["id"], exc)
+            logger.error("backup %s failed: %s%s", rid, exc,
+                         f" (the schedule tries again in {SCHEDULE_RETRY:.0f}s)" if scheduled else "")
         last["finished_at"] = time.time()
         last["seconds"] = round(time.monotonic() - t0, 3)
         self._set(last=dict(last))
-        self.save_state(backup_done_id=req["id"])
         self.wake_heartbeat()
+        return last["state"] == "done"
 
 
 def repo_path_ok(path: str) -> str | None:

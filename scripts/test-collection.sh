@@ -7,9 +7,10 @@
 # sanity    ansible-test sanity --venv
 # units     ansible-test units --venv (modules and the inventory plugin against fakes)
 # kubernetes  scripts/test-kubernetes.sh: the Kubernetes platform without a cluster (kmock, kubernetes-validate)
-# molecule  molecule test for each scenario: default (site.yml, idempotence, verify, teardown), tls,
-#           backup (site, backup.yml, restore.yml to a point in time, exact rows),
-#           failover, upgrade, chaos (the drills), multihost (three namespace hosts over SSH: site,
+# molecule  molecule test for each scenario: default (site.yml, idempotence, verify: the proxy, the
+#           secured store, backup.yml, restore.yml to a point in time with exact rows,
+#           backup_drill.yml; teardown), upgrade (under load, then the crash, freeze and switchover
+#           drills), chaos, multihost (three namespace hosts over SSH: site,
 #           idempotence, verify, every partition drill, chaos with partitions), systemd (three
 #           systemd-nspawn hosts: units, idempotence, a crash drill, no stale unit) and kubernetes
 #           (skips without a cluster)
@@ -75,12 +76,12 @@ step_kubernetes() {
 }
 
 # The scenarios, one after another on this machine: default (site.yml, idempotence, verify,
-# teardown), then the drills (failover, upgrade, chaos), the several-host scenarios on test hosts
+# teardown), then the drills (upgrade with the failover drills, chaos), the several-host scenarios on test hosts
 # of scripts/testhosts.py (multihost, systemd; they need root), then kubernetes (skips, saying so,
 # without a reachable cluster). MOLECULE_SCENARIOS="default chaos" runs a subset.
 step_molecule() {
     local sc
-    for sc in ${MOLECULE_SCENARIOS:-default tls backup failover upgrade chaos multihost systemd kubernetes}; do
+    for sc in ${MOLECULE_SCENARIOS:-default upgrade chaos multihost systemd kubernetes}; do
         log "molecule test -s $sc"
         ( cd "$ROOT" && molecule test -s "$sc" )
     done

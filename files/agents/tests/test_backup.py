@@ -74,8 +74,9 @@ def test_the_summary_reads_a_forged_state_as_unknown() -> None:
     forged = pb.summary({"stanza": "yes", "backups": "many", "last_archived_at": "now", "failed_count": True}, 0.0)
     assert forged == {"stanza": False, "backups": 0, "seconds_since_backup": None, "archived_count": None,
                       "failed_count": None, "seconds_since_archived": None, "restored": None}
-    restored = pb.summary({"restored": {"backup": "20261203-101500F", "timeline": 3, "target": ["x"]}}, 0.0)
-    assert restored["restored"] == {"backup": "20261203-101500F", "timeline": 3}
+    restored = pb.summary({"restored": {"backup": "20261203-101500F", "timeline": 3, "target": ["x"],
+                                        "restore_seconds": 1.5, "replay_seconds": "2", "finished_at": True}}, 0.0)
+    assert restored["restored"] == {"backup": "20261203-101500F", "timeline": 3, "restore_seconds": 1.5}
     assert pb.summary({}, 0.0) is None
 
 

@@ -366,6 +366,8 @@ def summary(state: dict[str, Any], now: float) -> dict[str, Any] | None:
         "archived_count": number(state.get("archived_count")),
         "failed_count": number(state.get("failed_count")),
         "seconds_since_archived": round(now - last_archived, 1) if last_archived is not None else None,
-        "restored": {k: restored.get(k) for k in ("stanza", "backup", "target", "timeline")
-                     if isinstance(restored.get(k), (str, int))} if isinstance(restored, dict) else None,
+        "restored": {**{k: restored.get(k) for k in ("stanza", "backup", "target", "timeline")
+                        if isinstance(restored.get(k), (str, int))},
+                     **{k: number(restored.get(k)) for k in ("restore_seconds", "replay_seconds", "finished_at")
+                        if number(restored.get(k)) is not None}} if isinstance(restored, dict) else None,
     }

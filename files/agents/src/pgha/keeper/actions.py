@@ -255,6 +255,7 @@ class Actions:
                 self.pg.kill()
         self.phase = "fenced" if want is not None else "stopped"
         logger.info("PostgreSQL stopped (%s)", action.reason)
+        self.wake_heartbeat()  # a switchover waits for this: publish it now, not at the next tick
 
     def do_initdb(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
         assert self.cd is not None

@@ -491,10 +491,21 @@ class Postgres:
     def reload(self) -> None:
         self.query("SELECT pg_reload_conf()")
 
-    def promote(self, timeout: int = 60) -> None:
-        rows = self.query("SELECT pg_promote(true, %s)", (timeout,))
+    def promote(self, timeout: float = 60.0, poll: float = 0.01) -> None:
+        """Promote, and return once PostgreSQL is out of recovery: ``pg_promote(false)`` signals the
+        startup process, then ``pg_is_in_recovery()`` is polled every ``poll`` seconds
+        (``pg_promote(true)`` would poll only every 100 ms)."""
+        rows = self.query("SELECT pg_promote(false)")
         if not rows or not rows[0][0]:
-            raise PgError(f"promotion did not complete within {timeout}s")
+            raise PgError("pg_promote could not signal the startup process")
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query("SELECT pg_is_in_recovery()")
+            if rows and rows[0][0] is False:
+                return
+            if time.monotonic() >= deadline:
+                raise PgError(f"promotion did not complete within {timeout:g}s")
+            time.sleep(poll)
 
     # ------------------------------------------------------------------ slots
     def reconcile_slots(self, wanted: set[str]) -> list[str]:

@@ -10,6 +10,10 @@ primary, and writes a JSON report and, when matplotlib is installed, a PNG chart
 writes per 100 ms with the events marked. It prints a one-line summary and exits non-zero when a
 budget (``--max-rto``, ``--max-lost``) is exceeded.
 
+``pgha-drill marks`` and ``pgha-drill restore-plan`` are the backup drill's
+(``playbooks/backup_drill.yml``): a marker row every second with the WAL file it is in and what was
+archived, and the recovery target chosen between two of them (``pgha.backupdrill``).
+
 The analysis (``analyze``) is a pure function of the events and markers, unit-tested on its own.
 """
 

@@ -33,6 +33,7 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 
+from pgha.drill import close_quietly
 from pgha.log import redact
 
 SEGMENT_BYTES = 16 * 1024 * 1024
@@ -154,14 +155,6 @@ def compare(expected: list[int], found: list[int], unsure: set[int] | None = Non
 
 # ---------------------------------------------------------------------------------------- I/O
 
-def _close(conn: Any) -> None:
-    if conn is not None:
-        try:
-            conn.close()
-        except psycopg2.Error:
-            pass
-
-
 ARCHIVE_SQL = ("SELECT coalesce(last_archived_wal, '-'), "
                "coalesce(extract(epoch FROM last_archived_time)::text, '-') FROM pg_stat_archiver")
 
@@ -182,7 +175,7 @@ def marks(dsn: str, table: str, out: Path, interval: float = 1.0, max_duration: 
         nonlocal conn
         msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         f.write(f"err {time.time():.6f} {msg}\n")
-        _close(conn)
+        close_quietly(conn)
         conn = None
 
     def connect() -> Any:
@@ -240,7 +233,7 @@ def marks(dsn: str, table: str, out: Path, interval: float = 1.0, max_duration: 
             if last_wal:
                 f.write(f"err {time.time():.6f} WAL file {last_wal} of the last row not archived within "
                         f"{archive_wait:.0f}s (last archived: {archived})\n")
-    _close(conn)
+    close_quietly(conn)
     return 0
 
 

@@ -33,7 +33,6 @@ from typing import Any, Iterable
 
 import psycopg2
 
-from pgha import backupdrill
 from pgha.log import redact
 from pgha.procs import descendants, pid_alive, signal_tree
 
@@ -585,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fail unless the old primary's last acknowledgement precedes the new one's first by more "
                          "than this (seconds; 0: never two primaries at once)")
     args = p.parse_args(argv)
+    from pgha import backupdrill  # it uses this module's helpers
+
     if args.command == "probe":
         return probe(args.dsn, args.table, Path(args.out), args.interval, args.max_duration)
     if args.command == "marks":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pgha import backupdrill as bd
+from pgha.model import lsn_to_int
 
 WAL = "0000000100000000000000"
 
@@ -35,8 +36,8 @@ def test_the_record_reads_back_with_errors_unsure_rows_and_the_archive_wait(tmp_
 
 
 def test_positions_of_lsns_and_wal_files() -> None:
-    assert bd.lsn_bytes("0/3000028") == 0x3000028
-    assert bd.lsn_bytes("1/0") == 1 << 32
+    assert lsn_to_int("0/3000028") == 0x3000028
+    assert lsn_to_int("1/0") == 1 << 32
     assert bd.segment_lsn("000000020000000100000003") == (1 << 32) + 3 * 16 * 1024 * 1024
 
 

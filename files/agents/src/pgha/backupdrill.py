@@ -14,7 +14,7 @@ marker belong to the restored cluster.
 back and writes the JSON report (missing and extra rows, restore and replay times, WAL replayed,
 what a total loss would have cost while the workload ran) and a PNG chart.
 
-The analysis (``load_marks``, ``plan``, ``exposure``, ``compare``, ``lsn_bytes``) is pure and
+The analysis (``load_marks``, ``plan``, ``exposure``, ``compare``, ``segment_lsn``) is pure and
 unit-tested; ``marks`` and ``restore_report`` do the I/O.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 
-from pgha.drill import close_quietly
-from pgha.log import redact
+from pgha.drill import close_quietly, error_line
+from pgha.model import lsn_to_int
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 
@@ -82,12 +82,6 @@ def load_marks(path: str | Path) -> Marks:
         elif kind == "archived" and len(parts) >= 2:
             out.archived_wal, out.archive_waited = parts[1], True
     return out
-
-
-def lsn_bytes(lsn: str) -> int:
-    """``'0/3000028'`` -> its byte position."""
-    hi, _, lo = lsn.partition("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 def segment_lsn(walfile: str) -> int:
@@ -173,8 +167,7 @@ def marks(dsn: str, table: str, out: Path, interval: float = 1.0, max_duration: 
 
     def error(f: Any, exc: Exception) -> None:
         nonlocal conn
-        msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        f.write(f"err {time.time():.6f} {msg}\n")
+        f.write(f"err {time.time():.6f} {error_line(exc)}\n")
         close_quietly(conn)
         conn = None
 
@@ -275,8 +268,8 @@ def restore_report(events: str | Path, target: dict[str, Any], backup: dict[str,
     found, writable_at = restored_rows(dsn, table, password)
     rows = compare(expected, found, m.unsure)
     start = backup.get("lsn_start") or ""
-    start_pos = lsn_bytes(start) if start else (segment_lsn(backup["wal_start"]) if backup.get("wal_start") else None)
-    replayed = lsn_bytes(target["target_lsn"]) - start_pos if start_pos is not None else None
+    start_pos = lsn_to_int(start) if start else (segment_lsn(backup["wal_start"]) if backup.get("wal_start") else None)
+    replayed = lsn_to_int(target["target_lsn"]) - start_pos if start_pos is not None else None
     exp = exposure(m)
     rep: dict[str, Any] = {
         "drill": "backup",

@@ -86,6 +86,12 @@ def close_quietly(conn: Any) -> None:
         except psycopg2.Error:
             pass
 
+def error_line(exc: Exception) -> str:
+    """The first line of a client error, passwords redacted (an events file's ``err`` line)."""
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
 def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -114,8 +120,7 @@ def probe(dsn: str, table: str, out: Path, interval: float, max_duration: float)
                 f.write(f"ok {n} {time.time():.6f} {addr}:{port} {tli}\n")
                 stop.wait(interval)
             except psycopg2.Error as exc:
-                msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-                f.write(f"err {time.time():.6f} {msg}\n")
+                f.write(f"err {time.time():.6f} {error_line(exc)}\n")
                 close_quietly(conn)
                 conn = None
                 stop.wait(min(interval, 0.05))

@@ -13,8 +13,10 @@ description:
   - Asks the primary's keeper for a pgBackRest backup (C(pghactl backup)) and waits for it to
     finish. The keepers need a backup repository (pgha-keeper C(--backup-repo-path), the
     C(pgha_backup_repo_path) variable of the roles); the stanza is the cluster's name.
-  - Every run takes a backup, so it always reports a change. The backup is taken on the primary
-    (not yet from a standby).
+  - Every run takes a backup, so it always reports a change. The primary's keeper runs pgBackRest;
+    the files are copied from a streaming replica on the primary's machine when there is one
+    (pgBackRest's backup-standby), so the primary only starts and stops the backup. A replica on
+    another machine is not used yet (that needs a pgBackRest server on each host).
 author:
   - pgha developers (!UNKNOWN)
 extends_documentation_fragment:
@@ -40,6 +42,14 @@ options:
       - Seconds to wait for the backup to finish before failing (the backup goes on).
     type: float
     default: 3600.0
+  source:
+    description:
+      - Whose files the backup copies. V(auto) takes a streaming replica on the primary's machine
+        when there is one and the primary otherwise (and again when the one from the replica
+        fails); V(standby) fails without such a replica; V(primary) never uses one.
+    type: str
+    choices: [auto, standby, primary]
+    default: auto
 """
 
 EXAMPLES = r"""
@@ -57,7 +67,8 @@ EXAMPLES = r"""
 RETURN = r"""
 backup:
   description: The backup taken, as C(pghactl backups) lists it, with the request's id, the keeper
-    that took it and how long it took (null in check mode).
+    that took it (C(keeper)), the one whose files it copied (C(from)) and how long it took (null
+    in check mode).
   returned: success
   type: dict
   sample:
@@ -71,6 +82,7 @@ backup:
     lsn_stop: "0/4000100"
     size_bytes: 4000000
     keeper: keeper1
+    from: keeper2
     seconds: 20.1
 backups:
   description: The backups in the repository afterwards, oldest first (before, in check mode).
@@ -97,7 +109,7 @@ def run(module, ctl):
             fail_from(module, exc, what)
         return {"changed": True, "backup": None, "backups": listed}
     try:
-        done = ctl.backup(module.params["type"], timeout=module.params["timeout"])
+        done = ctl.backup(module.params["type"], timeout=module.params["timeout"], source=module.params["source"])
         listed = ctl.backups()
     except (CtlError, StoreError) as exc:
         fail_from(module, exc, what)
@@ -108,6 +120,7 @@ def main():
     run_ctl_module(run, dict(
         type=dict(type="str", choices=["full", "diff", "incr"], default="full"),
         timeout=dict(type="float", default=3600.0),
+        source=dict(type="str", choices=["auto", "standby", "primary"], default="auto"),
     ), open_ctl)
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from pgha import backup as pb
 from pgha.keeper.backups import parse_request
-from pgha.model import FormatError
+from pgha.keeper.pg import layout
+from pgha.model import FormatError, KeeperStatus
 
 CFG = pb.BackupConfig(bin="/usr/bin/pgbackrest", stanza="main", repo_path="/srv/repo", work_dir=Path("/d/pgbackrest"),
                       pg_port=5432, pgdata=Path("/d/postgres"), pg_socket_dir=Path("/d/run"), pg_user="postgres")
@@ -82,10 +83,59 @@ def test_the_summary_reads_a_forged_state_as_unknown() -> None:
 
 @pytest.mark.parametrize("raw", ["[]", "{not json", '{"format_version": 1, "id": "a b", "type": "full", "keeper": "k"}',
                                  '{"format_version": 1, "id": "a1", "type": "everything", "keeper": "k"}',
-                                 '{"format_version": 1, "id": "a1", "type": "full"}'])
+                                 '{"format_version": 1, "id": "a1", "type": "full"}',
+                                 '{"format_version": 1, "id": "a1", "type": "full", "keeper": "k", "source": "anyone"}'])
 def test_a_malformed_backup_request_is_refused(raw: str) -> None:
     with pytest.raises(FormatError):
         parse_request(raw)
+
+
+def test_a_request_without_a_source_backs_up_from_a_standby_when_there_is_one() -> None:
+    req = parse_request('{"format_version": 1, "id": "a1", "type": "diff", "keeper": "k1"}')
+    assert req == {"id": "a1", "type": "diff", "keeper": "k1", "source": "auto"}
+
+
+def keeper(uid: str, **kw: Any) -> KeeperStatus:
+    base = dict(uid=uid, host="h1", data_dir=f"/var/lib/pgha/{uid}", address="10.0.0.1:5433", role="replica",
+                healthy=True, pg_running=True, streaming_from="10.0.0.1:5432", system_id="7", lsn=1000, replay_lsn=1000)
+    return KeeperStatus(**{**base, **kw})
+
+
+ME = keeper("k1", role="primary", streaming_from=None, address="10.0.0.1:5432", lsn=5000)
+
+
+@pytest.mark.parametrize("others, chosen, why", [
+    ([], None, "no replica"),
+    ([keeper("k2", replay_lsn=4000), keeper("k3", replay_lsn=4900)], "k3", "k3 streams 100 bytes behind on this machine"),
+    ([keeper("k2", replay_lsn=4900), keeper("k3", replay_lsn=4900)], "k2", "k2 streams 100 bytes behind on this machine"),
+    ([keeper("k2", host="h2")], None, "k2 runs on another machine (h2)"),
+    ([keeper("k2", host="")], None, "k2 runs on another machine (unknown)"),
+    ([keeper("k2", healthy=False)], None, "k2 is not a healthy streaming replica"),
+    ([keeper("k2", streaming_from=None)], None, "k2 is not a healthy streaming replica"),
+    ([keeper("k2", role="primary")], None, "k2 is not a healthy streaming replica"),
+    ([keeper("k2", system_id="8")], None, "k2 is a replica of another system"),
+    ([keeper("k2", data_dir="relative")], None, "k2 reports no usable data directory or address"),
+    ([keeper("k2", address="nowhere")], None, "k2 reports no usable data directory or address"),
+    ([keeper("k2", replay_lsn=5000 - pb.STANDBY_MAX_LAG - 1)], None, f"k2 replays {pb.STANDBY_MAX_LAG + 1} bytes behind"),
+    ([keeper("k2", host="h2"), keeper("k3", replay_lsn=None)], "k3", "k3 streams 5000 bytes behind on this machine"),
+    ([keeper("k2", host="h2"), keeper("k3", healthy=False)], None,
+     "k2 runs on another machine (h2); k3 is not a healthy streaming replica"),
+])
+def test_the_standby_a_backup_copies_its_files_from(others: list, chosen: str | None, why: str) -> None:
+    got, reason = pb.choose_standby(ME, [ME, *others], layout)
+    assert (got.uid if got else None) == chosen and reason == why
+    if got:
+        assert got.pgdata == f"/var/lib/pgha/{got.uid}/postgres" and got.socket_dir == f"/var/lib/pgha/{got.uid}/run"
+        assert got.port == 5433
+
+
+def test_a_backup_from_a_standby_gives_pgbackrest_the_standby_as_pg2() -> None:
+    sb = pb.StandbyPg(uid="k2", pgdata="/s/postgres", port=5433, socket_dir="/s/run", lag_bytes=0)
+    assert pb.backup_argv(CFG, "full") == ["/usr/bin/pgbackrest", "--config=/d/pgbackrest/pgbackrest.conf",
+                                           "--stanza=main", "--type=full", "backup"]
+    assert pb.backup_argv(CFG, "incr", sb)[3:] == [
+        "--type=incr", "--backup-standby", "--pg2-path=/s/postgres", "--pg2-port=5433", "--pg2-socket-path=/s/run",
+        "--pg2-user=postgres", "backup"]
 
 
 def test_the_last_error_line_of_pgbackrest() -> None:
@@ -199,12 +249,17 @@ def test_wal_is_archived_and_pghactl_backs_up_and_lists(cluster_factory) -> None
         store.close()
     assert "ignoring" in c.keepers[primary].log_text()
 
+    # the files of the full backup come from the streaming replica on this machine (pgBackRest waits
+    # for it to replay the backup's start), those of the incremental one from the primary
     full = json.loads(c.ctl("backup", "--type", "full", "--format", "json", timeout=300).stdout)
     assert full["type"] == "full" and full["keeper"] == primary and full["label"].endswith("F")
-    assert full["wal_start"] and full["size_bytes"] > 0
+    assert full["from"] == replica and full["wal_start"] and full["size_bytes"] > 0
+    backup_log = c.tmp / primary / "data" / "pgbackrest" / "log" / f"{c.cluster_name}-backup.log"
+    assert "replay on the standby reached" in backup_log.read_text()
+    assert f"files copied from standby {replica}" in c.keepers[primary].log_text()
     write_row(c, "after the full backup")
-    incr = json.loads(c.ctl("backup", "--type", "incr", "--format", "json", timeout=300).stdout)
-    assert incr["type"] == "incr" and incr["label"].startswith(full["label"] + "_")
+    incr = json.loads(c.ctl("backup", "--type", "incr", "--from", "primary", "--format", "json", timeout=300).stdout)
+    assert incr["type"] == "incr" and incr["label"].startswith(full["label"] + "_") and incr["from"] == primary
 
     # a keeper added now is created from the backup, not copied from the primary
     c.add_keeper("keeper3").start()

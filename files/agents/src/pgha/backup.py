@@ -96,10 +96,65 @@ def argv(cfg: BackupConfig, command: str, *extra: str) -> list[str]:
     return _base(cfg) + list(extra) + [command]
 
 
-def backup_argv(cfg: BackupConfig, kind: str) -> list[str]:
+@dataclass(frozen=True)
+class StandbyPg:
+    """A streaming replica on the backing-up keeper's machine that a backup copies its files from
+    (pgBackRest's ``backup-standby``: the primary only starts and stops the backup)."""
+
+    uid: str
+    pgdata: str
+    port: int
+    socket_dir: str
+    lag_bytes: int
+
+
+BACKUP_SOURCES = ("auto", "standby", "primary")
+STANDBY_MAX_LAG = 64 * 1024 * 1024  # a replica further behind than this would hold the backup up: not used
+
+
+def choose_standby(me: Any, statuses: list[Any], layout: Any) -> tuple[StandbyPg | None, str]:
+    """The replica a backup taken by the primary ``me`` (a KeeperStatus) copies its files from, and
+    why (or why none): one of ``statuses`` that is a healthy replica of the same system, streaming
+    (from anywhere: a cascade is a standby as well), on the same machine (pgBackRest reaches both
+    data directories locally), at most STANDBY_MAX_LAG bytes behind; the least behind, then by uid.
+    ``layout(data_dir)`` gives a keeper's (pgdata, socket directory). Pure."""
+    why: list[str] = []
+    found: list[StandbyPg] = []
+    for st in statuses:
+        if st.uid == me.uid:
+            continue
+        if st.role != "replica" or not st.healthy or not st.streaming_from:
+            why.append(f"{st.uid} is not a healthy streaming replica")
+        elif st.system_id != me.system_id or not me.system_id:
+            why.append(f"{st.uid} is a replica of another system")
+        elif not st.host or st.host != me.host:
+            why.append(f"{st.uid} runs on another machine ({st.host or 'unknown'})")
+        elif not st.data_dir.startswith("/") or not re.fullmatch(r"[^\s]+:\d+", st.address or ""):
+            why.append(f"{st.uid} reports no usable data directory or address")
+        else:
+            lag = max(0, (me.lsn or 0) - (st.replay_lsn or 0))
+            if lag > STANDBY_MAX_LAG:
+                why.append(f"{st.uid} replays {lag} bytes behind")
+                continue
+            pgdata, sockdir = layout(st.data_dir)
+            found.append(StandbyPg(uid=st.uid, pgdata=str(pgdata), port=int(st.address.rsplit(":", 1)[1]),
+                                   socket_dir=str(sockdir), lag_bytes=lag))
+    if not found:
+        return None, "; ".join(why) or "no replica"
+    best = min(found, key=lambda s: (s.lag_bytes, s.uid))
+    return best, f"{best.uid} streams {best.lag_bytes} bytes behind on this machine"
+
+
+def backup_argv(cfg: BackupConfig, kind: str, standby: StandbyPg | None = None) -> list[str]:
+    """``pgbackrest backup``; with ``standby``, from it (pg2, ``--backup-standby``): pgBackRest
+    starts and stops the backup on the primary (pg1) and copies the files from the standby."""
     if kind not in BACKUP_TYPES:
         raise ValueError(f"backup type {kind!r}: one of {', '.join(BACKUP_TYPES)}")
-    return argv(cfg, "backup", f"--type={kind}")
+    extra = [f"--type={kind}"]
+    if standby is not None:
+        extra += ["--backup-standby", f"--pg2-path={standby.pgdata}", f"--pg2-port={standby.port}",
+                  f"--pg2-socket-path={standby.socket_dir}", f"--pg2-user={cfg.pg_user}"]
+    return argv(cfg, "backup", *extra)
 
 
 # ----------------------------------------------------------------------------- schedules

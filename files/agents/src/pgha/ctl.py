@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pgha import cli
-from pgha.backup import BACKUP_TYPES, describe_target, summary as backup_summary
+from pgha.backup import BACKUP_SOURCES, BACKUP_TYPES, describe_target, summary as backup_summary
 from pgha.model import (
     COMMAND_SWITCHOVER,
     FORMAT_VERSION,
@@ -355,12 +355,16 @@ class Ctl:
             out[st.uid] = st
         return out
 
-    def backup(self, kind: str = "full", timeout: float = 3600.0) -> dict[str, Any]:
-        """Ask the primary's keeper for a backup and wait for it: the backup as listed, with its id
-        and seconds. The primary backs up (a standby backup needs the primary's host as well, which
-        a local repository does not give)."""
+    def backup(self, kind: str = "full", timeout: float = 3600.0, source: str = "auto") -> dict[str, Any]:
+        """Ask the primary's keeper for a backup and wait for it: the backup as listed, with its id,
+        seconds, the keeper that ran pgBackRest (``keeper``) and the one whose files it copied
+        (``from``). ``source``: auto copies from a streaming replica on the primary's machine when
+        there is one (pgBackRest reaches both data directories locally), else from the primary;
+        standby insists on a replica; primary never uses one."""
         if kind not in BACKUP_TYPES:
             raise CtlError(f"--type {kind}: one of {', '.join(BACKUP_TYPES)}")
+        if source not in BACKUP_SOURCES:
+            raise CtlError(f"--from {source}: one of {', '.join(BACKUP_SOURCES)}")
         cd = self.clusterdata()
         if cd is None or cd.primary is None:
             raise CtlError(f"cluster {self.cluster} has no primary to back up")
@@ -373,7 +377,8 @@ class Ctl:
             raise CtlError(f"keeper {cd.primary} has not created the pgBackRest stanza yet (see its log)")
         rid = uuid.uuid4().hex[:12]
         self.store.put(self.keys.backup_request, dumps({"format_version": FORMAT_VERSION, "id": rid, "type": kind,
-                                                        "keeper": cd.primary, "requested_at": time.time()}))
+                                                        "keeper": cd.primary, "source": source,
+                                                        "requested_at": time.time()}))
         deadline = time.monotonic() + timeout
         seen = False
         try:
@@ -386,6 +391,7 @@ class Ctl:
                         listed = [b for b in st.backup.get("backups") or []
                                   if isinstance(b, dict) and b.get("label") == last.get("label")]
                         return {"id": rid, "keeper": cd.primary, "seconds": last.get("seconds"),
+                                "from": last.get("from") if isinstance(last.get("from"), str) else cd.primary,
                                 **(listed[0] if listed else {"label": last.get("label"), "type": kind})}
                     if last.get("state") == "failed":
                         raise CtlError(f"backup failed on keeper {cd.primary}: {last.get('error')}")
@@ -530,11 +536,12 @@ def _cmd_removekeeper(args: argparse.Namespace, ctl: Ctl) -> None:
 
 
 def _cmd_backup(args: argparse.Namespace, ctl: Ctl) -> None:
-    r = ctl.backup(args.type, timeout=args.timeout)
+    r = ctl.backup(args.type, timeout=args.timeout, source=args.source)
     if args.format == "json":
         print(json.dumps(r, indent=2, sort_keys=True))
     else:
-        print(f"backup {r.get('label')} ({r.get('type')}) done on keeper {r['keeper']} in {r.get('seconds')}s")
+        src = "" if r["from"] == r["keeper"] else f", files copied from standby {r['from']}"
+        print(f"backup {r.get('label')} ({r.get('type')}) done on keeper {r['keeper']}{src} in {r.get('seconds')}s")
 
 
 def _cmd_backups(args: argparse.Namespace, ctl: Ctl) -> None:
@@ -552,6 +559,9 @@ def _cmd_backups(args: argparse.Namespace, ctl: Ctl) -> None:
 
 def _args_backup(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--type", choices=BACKUP_TYPES, default="full", help="full (default), diff or incr")
+    sp.add_argument("--from", dest="source", choices=BACKUP_SOURCES, default="auto",
+                    help="whose files are copied: auto (default) a streaming replica on the primary's machine when "
+                         "there is one, else the primary; standby (fail without one); primary")
     sp.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the backup (default 3600)")
     sp.add_argument("--format", choices=("text", "json"), default="text")
 

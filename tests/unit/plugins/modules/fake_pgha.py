@@ -118,12 +118,13 @@ class FakeCtl:
         self._maybe_fail()
         return self.switchover_result or {"from": "keeper1", "to": to or "keeper2", "state": "done"}
 
-    def backup(self, kind="full", timeout=3600.0):
-        self.calls.append(("backup", kind, timeout))
+    def backup(self, kind="full", timeout=3600.0, source="auto"):
+        self.calls.append(("backup", kind, timeout, source))
         self._maybe_fail()
         label = "20261203-101500F" if kind == "full" else "20261203-101500F_20261203-102000" + kind[0].upper()
         done = {"label": label, "type": kind, "start": 1764756900, "stop": 1764756920, "wal_start": "00000001",
-                "wal_stop": "00000001", "size_bytes": 4000000, "id": "abc", "keeper": "keeper1", "seconds": 20.0}
+                "wal_stop": "00000001", "size_bytes": 4000000, "id": "abc", "keeper": "keeper1",
+                "from": "keeper1" if source == "primary" else "keeper2", "seconds": 20.0}
         self.listed = getattr(self, "listed", []) + [{k: done[k] for k in list(done)[:7]}]
         return done
 

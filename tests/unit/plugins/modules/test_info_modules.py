@@ -160,7 +160,11 @@ def test_backup_takes_one_and_lists_the_repository(run_module, monkeypatch):
     assert not failed and result["changed"] is True
     assert result["backup"]["label"].endswith("I") and result["backup"]["keeper"] == "keeper1"
     assert [b["label"] for b in result["backups"]] == [result["backup"]["label"]]
-    assert ("backup", "incr", 60.0) in ctl.calls
+    assert ("backup", "incr", 60.0, "auto") in ctl.calls
+    result, failed = run_module(backup, dict(ARGS, source="primary"))
+    assert not failed and result["backup"]["from"] == "keeper1" and ("backup", "full", 3600.0, "primary") in ctl.calls
+    result, failed = run_module(backup, dict(ARGS, source="replica"))
+    assert failed and "source" in result["msg"]
 
 
 def test_backup_in_check_mode_takes_none(run_module, monkeypatch):

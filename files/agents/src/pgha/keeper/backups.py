@@ -5,7 +5,9 @@ and the **backup** thread, on its own so the main loop never waits for pgBackRes
 * creates the stanza once this keeper is an initialized primary (idempotent, retried every 30 s
   while it fails, each distinct failure logged once);
 * carries out the backup request ``pghactl backup`` left at ``backup/request`` when it names this
-  keeper (one at a time; a request already carried out is not run again after a restart);
+  keeper (one at a time; a request already carried out is not run again after a restart); the
+  files are copied from a streaming replica on this machine when there is one (pgBackRest's
+  ``backup-standby``, ``pgha.backup.choose_standby``), so the primary only starts and stops it;
 * on the primary, takes the backups the spec's schedules call for (``backup_schedule_full``,
   ``backup_schedule_diff``; ``pgha.backup.scheduled_backup`` decides from the repository's listing);
 * lists the repository's backups (``pgbackrest info``) every minute and after each backup, and on
@@ -27,8 +29,8 @@ import psycopg2
 
 from pgha import backup as pb
 from pgha.keeper.actions import NO_REPOSITORY
-from pgha.keeper.pg import PgError, pg_auto_conf_header
-from pgha.model import ROLE_PRIMARY, FormatError, KeeperSpec, loads
+from pgha.keeper.pg import PgError, layout, pg_auto_conf_header
+from pgha.model import ROLE_PRIMARY, FormatError, KeeperSpec, KeeperStatus, load_status, loads
 from pgha.store import StoreError
 
 logger = logging.getLogger("pgha.keeper")
@@ -42,16 +44,18 @@ SCHEDULE_RETRY = 300.0  # a scheduled backup that failed is tried again this oft
 
 
 def parse_request(raw: bytes | str) -> dict[str, Any]:
-    """A backup request ``{id, type, keeper, requested_at}``; FormatError when malformed."""
+    """A backup request ``{id, type, keeper, source, requested_at}``; FormatError when malformed."""
     d = loads(raw, "backup request")
-    rid, kind, keeper = d.get("id"), d.get("type", "full"), d.get("keeper")
+    rid, kind, keeper, source = d.get("id"), d.get("type", "full"), d.get("keeper"), d.get("source", "auto")
     if not isinstance(rid, str) or not rid.isalnum() or len(rid) > 32:
         raise FormatError("backup request: id: expected up to 32 letters or digits")
     if kind not in pb.BACKUP_TYPES:
         raise FormatError(f"backup request: type: one of {', '.join(pb.BACKUP_TYPES)}")
     if not isinstance(keeper, str):
         raise FormatError("backup request: keeper: expected a keeper uid")
-    return {"id": rid, "type": kind, "keeper": keeper}
+    if source not in pb.BACKUP_SOURCES:
+        raise FormatError(f"backup request: source: one of {', '.join(pb.BACKUP_SOURCES)}")
+    return {"id": rid, "type": kind, "keeper": keeper, "source": source}
 
 
 class Backups:
@@ -344,8 +348,10 @@ class Backups:
             return
         if req["keeper"] != self.uid or req["id"] == self.local_state.get("backup_done_id"):
             return
-        logger.info("backup %s (%s) requested: running pgbackrest backup", req["id"], req["type"])
-        self._run_backup(req["id"], req["type"])
+        logger.info("backup %s (%s, from %s) requested: running pgbackrest backup", req["id"], req["type"],
+                    {"auto": "a standby when there is one", "standby": "a standby",
+                     "primary": "the primary"}[req["source"]])
+        self._run_backup(req["id"], req["type"], source=req["source"])
         self.save_state(backup_done_id=req["id"])
 
     def _run_schedule(self) -> None:
@@ -366,12 +372,28 @@ class Backups:
         if not self._run_backup(rid, kind, scheduled=True):
             self._schedule_failed_at = time.monotonic()
 
-    def _run_backup(self, rid: str, kind: str, scheduled: bool = False) -> bool:
-        """Run ``pgbackrest backup``, reporting it in the status as ``last``; True when it worked."""
+    def _backup_standby(self) -> tuple[pb.StandbyPg | None, str]:
+        """The replica on this machine a backup copies its files from (pgha.backup.choose_standby)."""
+        try:
+            kvs, _ = self.store.get_prefix(self.keys.keepers)
+        except StoreError as exc:
+            return None, f"the keepers' status unreadable ({exc})"
+        statuses = []
+        for kv in kvs:
+            try:
+                statuses.append(load_status(KeeperStatus, kv.key[len(self.keys.base):], kv.value, kv.lease))
+            except FormatError:
+                continue
+        return pb.choose_standby(self.status, statuses, layout)
+
+    def _run_backup(self, rid: str, kind: str, scheduled: bool = False, source: str = "auto") -> bool:
+        """Run ``pgbackrest backup``, reporting it in the status as ``last``; True when it worked.
+        ``source``: auto (from a replica on this machine when there is one, else from the primary,
+        and from the primary again when the one from the replica fails), standby or primary."""
         cfg = self.backup_cfg
         assert cfg is not None
         last: dict[str, Any] = {"id": rid, "type": kind, "state": "running", "started_at": time.time(),
-                                "scheduled": scheduled}
+                                "scheduled": scheduled, "from": self.uid}
         self._set(last=dict(last))
         self.wake_heartbeat()
         t0 = time.monotonic()
@@ -379,11 +401,33 @@ class Backups:
             if not self.backup_state.get("stanza"):
                 raise pb.BackupError("the stanza is not created yet (this keeper is not an initialized primary, "
                                      "or stanza-create fails: see its log)")
-            pb.run(pb.backup_argv(cfg, kind), "pgbackrest backup", timeout=None)
+            standby: pb.StandbyPg | None = None
+            if source != "primary":
+                standby, why = self._backup_standby()
+                if standby is None and source == "standby":
+                    raise pb.BackupError(f"no standby to back up from: {why}")
+                logger.info("backup %s: %s", rid, f"files copied from standby {standby.uid} ({why}); the primary "
+                            "only starts and stops the backup" if standby else f"from the primary (no standby: {why})")
+            if standby is not None:
+                last["from"] = standby.uid
+                self._set(last=dict(last))
+                try:
+                    pb.run(pb.backup_argv(cfg, kind, standby), "pgbackrest backup", timeout=None)
+                except pb.BackupError as exc:
+                    if source == "standby":
+                        raise
+                    logger.warning("backup %s from standby %s failed (%s): backing up from the primary instead",
+                                   rid, standby.uid, exc)
+                    standby = None
+                    last["from"] = self.uid
+                    self._set(last=dict(last))
+            if standby is None:
+                pb.run(pb.backup_argv(cfg, kind), "pgbackrest backup", timeout=None)
             self._read_info()
             done = self.backup_state.get("backups") or []
             last.update(state="done", label=done[-1]["label"] if done else None)
-            logger.info("backup %s done in %.1fs: %s", rid, time.monotonic() - t0, last.get("label"))
+            logger.info("backup %s done in %.1fs: %s (files from %s)", rid, time.monotonic() - t0, last.get("label"),
+                        "standby " + last["from"] if last["from"] != self.uid else "the primary")
         except pb.BackupError as exc:
             last.update(state="failed", error=str(exc))
             logger.error("backup %s failed: %s%s", rid, exc,

@@ -117,11 +117,15 @@ REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)", "pg_catalog.
                     "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)")
 
 
+def layout(data_dir: Path | str) -> tuple[Path, Path]:
+    """Where a keeper with ``--data-dir data_dir`` keeps its PostgreSQL: (data directory, socket directory)."""
+    return Path(data_dir) / "postgres", Path(data_dir) / "run"
+
+
 class Postgres:
     def __init__(self, cfg: PgConfig) -> None:
         self.cfg = cfg
-        self.pgdata = cfg.data_dir / "postgres"
-        self.sockdir = cfg.data_dir / "run"
+        self.pgdata, self.sockdir = layout(cfg.data_dir)
         self.passfile = cfg.data_dir / "pgpass"
         self.logfile = cfg.data_dir / "postgres.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -100,12 +100,16 @@ def test_init_write_read_and_crash_failover(cluster_factory) -> None:
         assert cur.fetchone()[0] is True
     ro.close()
 
-    # SIGKILL the primary's keeper and its postgres
+    # SIGKILL the primary's keeper and its postgres: both ports refuse, which the leading sentinel
+    # takes for a crash (pgha.sentinel.crash) and fails over without waiting for the lease's TTL
     c.keepers[old].signal_tree(signal.SIGKILL)
     st = c.wait_for(lambda s: primary_of(s) not in (None, old) and s["cluster"]["transition"] is None
                     and any(p["target"] == primary_of(s) for p in s["proxies"]),
                     timeout=60, what="a new primary after the crash")
     new = primary_of(st)
+    logs = sentinel_logs(c)
+    assert f"keeper {old} (the primary) crashed: PostgreSQL at" in logs and "revoking its lease" in logs
+    assert f"primary {old} failed (crashed: PostgreSQL at" in logs, logs[-3000:]
     conn = c.connect_rw()
     assert "before" in read_values(conn)
     write_row(c, "after")
@@ -116,6 +120,10 @@ def test_init_write_read_and_crash_failover(cluster_factory) -> None:
     st = c.status()
     assert primary_of(st) == new
     wait_value_on(c, old, "after")
+
+
+def sentinel_logs(c) -> str:
+    return "\n".join(s.log_text() for s in c.sentinels.values())
 
 
 class Writer:
@@ -196,6 +204,8 @@ def test_freeze_primary_fails_over_and_rejoins(cluster_factory) -> None:
         write_row(c, "while-frozen")
     finally:
         c.keepers[old].signal_tree(signal.SIGCONT)
+    # a frozen machine answers no connection with a refusal: the lease path, not the prober's
+    assert "crashed:" not in sentinel_logs(c) and "its lease expired" in sentinel_logs(c)
     # it fences itself on resume (its lease is gone) and rejoins as a replica
     c.wait_for(healthy_cluster(), timeout=120, what="frozen primary rejoined as a replica")
     assert primary_of(c.status()) == new

@@ -94,6 +94,18 @@ def test_an_expired_lease_is_granted_again() -> None:
     assert lease.id != first and lease.superseded == 0  # nothing left to move from the expired one
 
 
+def test_a_lease_revoked_by_someone_else_is_reported_lost_before_a_new_grant() -> None:
+    clock, store, _ = fresh()
+    seen: list[tuple[int, bool]] = []
+    lease = Lease(store, clock=clock, on_lost=lambda: seen.append((lease.id, lease.lapsed())))
+    lease.renew(3)
+    first = lease.id
+    assert lease.renew(3) is False and seen == []  # a keepalive that worked: nothing lost
+    store.revoke(first)  # the leading sentinel confirmed a crash
+    assert lease.renew(3) is True and lease.id != first
+    assert seen == [(0, True)]  # told while it had no lease, so nothing could be published under one
+
+
 def test_a_failed_renewal_leaves_the_deadline_running() -> None:
     clock, store, lease = fresh()
     lease.renew(3)

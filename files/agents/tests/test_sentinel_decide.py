@@ -170,6 +170,21 @@ CASES: list[Case] = [
      lambda d, cd: (cd.transition is not None and cd.transition.new == "k3" and cd.transition.stage == "fence"
                     and cd.proxy.target is None and cd.proxy.generation == 4 and cd.keepers["k1"].role == "none"
                     and cd.primary == "k1") or pytest.fail(str(cd))),
+    ("primary whose lease the prober revoked (a confirmed crash): failover says why, through the same fence",
+     lambda: replace(snap(cluster(), [ks("k2", lsn=90), ks("k3", lsn=95)]), leases_alive={"k1": False},
+                     revoked={"k1": "PostgreSQL at h:5432 and the keeper's API at h:8008 refused all 6 connections"}),
+     lambda d, cd: (cd.transition is not None and cd.transition.new == "k3" and cd.transition.stage == "fence"
+                    and cd.proxy.target is None and cd.keepers["k1"].role == "none"
+                    and any("crashed: PostgreSQL at h:5432" in e and "(its lease revoked)" in e for e in d.events))
+     or pytest.fail(str(d.events))),
+    ("a revoked keeper that registered again is not failed for it (its new status counts)",
+     lambda: replace(snap(cluster(), healthy3()), revoked={"k1": "refused"}),
+     lambda d, cd: _expect_primary_unchanged(d, cd)),
+    ("fence stage after a revoked lease promotes: the lease is gone",
+     lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+                     leases_alive={"k1": False}, revoked={"k1": "refused"}),
+     lambda d, cd: (cd.primary == "k2" and cd.transition is not None and cd.transition.stage == "promote")
+     or pytest.fail(str(cd))),
     ("unhealthy primary within fail_interval is kept",
      lambda: snap(cluster(), [ks("k1", "primary", healthy=False), ks("k2"), ks("k3")]),
      lambda d, cd: _expect_primary_unchanged(d, cd)),

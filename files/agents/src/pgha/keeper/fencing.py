@@ -79,6 +79,20 @@ class Fencing:
             except PgError as exc:
                 logger.error("fencing: %s", exc)
 
+    def lease_lost(self) -> None:
+        """The server no longer knows our lease (``Lease.on_lost``, before a new grant): it expired
+        (the fence timer has killed a primary already) or the leading sentinel revoked it, having
+        confirmed a crash (``pgha.sentinel.crash``) and failing over now. A primary still running
+        is killed before we register again: another keeper may be promoted meanwhile."""
+        if self.pg.running() and not self.pg.is_standby_configured():
+            logger.error("FENCING: our lease is gone on the server (revoked by the leading sentinel, which takes "
+                         "us for crashed and fails over, or expired): killing PostgreSQL before registering again")
+            self.phase = "fenced"
+            try:
+                self.pg.kill()
+            except PgError as exc:
+                logger.error("fencing: %s", exc)
+
     def renew(self) -> None:
         """One renewal attempt. A new lease (the first one, one after the old one expired on the
         server, or one at a changed TTL) gets our status at once, and a superseded lease is revoked

@@ -143,7 +143,7 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
         self.stopping = threading.Event()
         self.wake = threading.Event()
         # lease and fencing (see the module doc)
-        self.lease = Lease(store)
+        self.lease = Lease(store, on_lost=self.lease_lost)
         self.fenced = True  # no lease yet: never a primary before the first grant
         self._fence_lock = threading.Lock()
         self._lapse_logged = False

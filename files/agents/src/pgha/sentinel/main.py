@@ -11,10 +11,15 @@ status): deletes (an expired lease: a keeper or proxy gone), the cluster data, t
 Status refreshes in steady state are coalesced to one check per ``STEADY_GAP`` of the sleep
 interval, so the leader's reads (the whole prefix, which grows with the cluster) do not grow with
 the number of keepers times their report rate.
+
+The leader's **prober** thread connects to the primary keeper's API every ``PROBE_EVERY``; when it
+is refused and a confirmation round proves a crash (``pgha.sentinel.crash``), it revokes the
+keeper's lease, and the next check fails over as for an expired lease, without waiting for the TTL.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import signal
@@ -27,6 +32,7 @@ from typing import Any
 from pgha import cli, log as pglog
 from pgha.model import (
     PHASE_NORMAL,
+    ROLE_PRIMARY,
     STATUS_PREFIXES,
     ClusterData,
     Command,
@@ -39,6 +45,7 @@ from pgha.model import (
     load_status,
     loads,
 )
+from pgha.sentinel import crash
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.sentinel.placement import store_leader_move
 from pgha.spec import Spec, SpecError, default, normalize
@@ -47,7 +54,8 @@ from pgha.store.lease import Lease
 
 logger = logging.getLogger("pgha.sentinel")
 
-MIN_LOOP_GAP = 0.05  # seconds between two checks when store changes wake us
+MIN_LOOP_GAP = 0.05  # seconds between two checks when store changes wake us, in steady state
+BUSY_LOOP_GAP = 0.005  # ... while something is under way (a transition waits on every step)
 STEADY_GAP = 0.5  # fraction of sleep_interval between two checks woken by status refreshes only
 STORE_LEADER_CHECK = 5.0  # seconds between two looks at where the store's leader runs (steady state)
 
@@ -59,6 +67,22 @@ def urgent(events: list[WatchEvent], base: str) -> bool:
         if ev.kind != "put" or not ev.key.startswith(base) or not ev.key[len(base):].startswith(STATUS_PREFIXES):
             return True
     return False
+
+
+def probe(address: tuple[str, int], timeout: float = crash.PROBE_TIMEOUT) -> str:
+    """Connect to ``address`` and close: "accepted", "refused" (a reset from a live kernel),
+    "timeout", "unreachable", or "error <errno>"."""
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return "accepted"
+    except ConnectionRefusedError:
+        return crash.REFUSED
+    except (socket.timeout, TimeoutError):
+        return "timeout"
+    except OSError as exc:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN):
+            return "unreachable"
+        return f"error {errno.errorcode.get(exc.errno or 0, exc.errno)}"
 
 
 def read_spec(raw: bytes) -> tuple[Spec, str]:
@@ -89,6 +113,10 @@ class Sentinel:
         self.steady = False  # the leader's last check found nothing under way (see the module doc)
         self._store_leader_checked = 0.0
         self._store_leader_problem = ""
+        # the prober (see pgha.sentinel.crash): the primary to watch, as the last check saw it
+        self.probe_target: tuple[str, KeeperStatus] | None = None
+        self.revoked: dict[str, str] = {}  # keeper -> why its lease was revoked (until it registers again)
+        self._probe_problem = ""
 
     # ------------------------------------------------------------------ lease and election
     def _ttl(self) -> int:
@@ -186,9 +214,16 @@ class Sentinel:
         if spec is not None:
             self.interval = spec.sleep_interval
             self.fail_interval = spec.fail_interval
+        for uid in [u for u in self.revoked if u in keepers]:
+            del self.revoked[uid]  # registered again (under a new lease)
         snap = Snapshot(now=time.time(), mono=time.monotonic(), cluster_name=self.cluster, spec=spec,
                         spec_uid=spec_uid, cd=cd, keepers=keepers, proxies=proxies, commands=commands,
-                        keeper_leases=keeper_leases, leases_alive=self._absent_leases(cd, keepers))
+                        keeper_leases=keeper_leases, leases_alive=self._absent_leases(cd, keepers),
+                        revoked=dict(self.revoked))
+        primary = keepers.get(cd.primary) if cd is not None and cd.primary else None
+        self.probe_target = (primary.uid, primary) if (
+            primary is not None and cd is not None and cd.phase == PHASE_NORMAL and cd.transition is None
+            and primary.role == ROLE_PRIMARY and primary.cluster_uid == cd.uid) else None
         return snap, revision, cd_rev
 
     def _absent_leases(self, cd: ClusterData | None, keepers: dict[str, KeeperStatus]) -> dict[str, bool]:
@@ -209,6 +244,7 @@ class Sentinel:
         self._heartbeat()
         self.steady = False
         if not self._campaign():
+            self.probe_target = None
             kvs, revision = self.store.get_prefix(self.keys.leader)
             return revision
         snap, revision, cd_rev = self.snapshot()
@@ -277,9 +313,60 @@ class Sentinel:
                 self._wait(started, revision)
             except StoreError:
                 self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
-            if self.stopping.wait(MIN_LOOP_GAP):
+            if self.stopping.wait(MIN_LOOP_GAP if self.steady or not self.leader else BUSY_LOOP_GAP):
                 break
         self.shutdown()
+
+    # ------------------------------------------------------------------ the prober
+    def prober_loop(self) -> None:
+        """Watch the primary for a crash (pgha.sentinel.crash), as the leader only."""
+        while not self.stopping.wait(crash.PROBE_EVERY):
+            try:
+                self.probe_primary()
+            except StoreError as exc:
+                if str(exc) != self._probe_problem:
+                    logger.debug("prober: %s", exc)
+                    self._probe_problem = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the prober must live: log and go on
+                logger.exception("prober: %s", exc)
+
+    def probe_primary(self) -> None:
+        target = self.probe_target
+        if not self.leader or target is None:
+            return
+        uid, st = target
+        addrs = crash.probe_targets(st, self.host)
+        if addrs is None or probe(addrs[1]) != crash.REFUSED:
+            return
+        pg, api = addrs
+        kv = self.store.get(self.keys.keeper(uid))
+        if kv is None:
+            return
+        t0 = time.monotonic()
+        rounds = []
+        for i in range(crash.CONFIRM_ROUNDS):
+            if i and self.stopping.wait(crash.CONFIRM_GAP):
+                return
+            rounds.append((probe(pg), probe(api)))
+        span = time.monotonic() - t0
+        after = self.store.get(self.keys.keeper(uid))
+        ev = crash.Evidence(uid=uid, pg=pg, api=api, key_before=(kv.mod_revision, kv.lease),
+                            key_after=(after.mod_revision, after.lease) if after is not None else None,
+                            rounds=tuple(rounds), span=span)
+        ok, why = crash.confirm(ev)
+        if not ok:
+            text = f"keeper {uid} (the primary): its API refused a connection, no crash confirmed: {why}"
+            if text != self._probe_problem:
+                logger.info("%s", text)
+                self._probe_problem = text
+            return
+        if not self.leader or self.probe_target is not target:
+            return  # leadership lost, or the cluster moved on, while probing
+        logger.warning("keeper %s (the primary) crashed: %s; revoking its lease %x so that the failover starts "
+                       "now instead of when the lease expires", uid, why, kv.lease)
+        self.revoked[uid] = why
+        self.probe_target = None
+        self.store.revoke(kv.lease)
 
     def _wait(self, started: float, revision: int) -> None:
         """Until the next check: see the module doc for what wakes it. At most sleep_interval."""
@@ -328,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=s.prober_loop, name="prober", daemon=True).start()
     s.run()
     return 0
 

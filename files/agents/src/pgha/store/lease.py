@@ -40,8 +40,12 @@ def renew_budget(ttl: float) -> float:
 
 class Lease:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.monotonic,
-                 margin: Callable[[float], float] = fence_margin) -> None:
+                 margin: Callable[[float], float] = fence_margin,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.store = store
+        # called when a keepalive finds the lease gone on the server (expired, or revoked by someone
+        # else), before a new one is granted: the holder stops what relied on it first
+        self.on_lost = on_lost
         self._clock = clock
         self.margin = margin  # seconds before expires_at that the deadline falls, from the TTL
         self._lock = threading.Lock()  # the renewing thread writes, fencing timers read
@@ -104,9 +108,11 @@ class Lease:
                         self.renewed_at = sent
                     self.error = ""
                     return False
-                # expired on the server: its keys are gone already, nothing to move
+                # expired or revoked on the server: its keys are gone already, nothing to move
                 with self._lock:
                     self.id = 0
+                if self.on_lost is not None:
+                    self.on_lost()
             new_id, granted = self.store.grant_lease(ttl, budget=budget)
         except StoreError as exc:
             self.error = str(exc)

@@ -82,6 +82,11 @@ def run(s: Snapshot, memory: Memory | None = None) -> tuple[Decision, ClusterDat
 Case = tuple[str, Callable[[], Snapshot], Callable[[Decision, ClusterData], None]]
 
 
+def _preparing(started: float = NOW - 0.1) -> ClusterData:
+    return replace(cluster(), transition=Transition("switchover", "k1", "k3", "prepare", started, 3, request_id="s1"),
+                   last_switchover={"id": "s1", "state": "running", "reason": "", "from": "k1", "to": "k3"})
+
+
 def _fencing() -> ClusterData:
     """A failover from k1 to k2 in its fence stage, proxies told generation 4."""
     return replace(cluster(), proxy=ProxySpec(None, 4), keepers={**cluster().keepers, "k1": KeeperSpec(role="none")},
@@ -256,6 +261,34 @@ CASES: list[Case] = [
      lambda d, cd: (cd.transition is not None and cd.transition.kind == "switchover" and cd.transition.new == "k3"
                     and cd.last_switchover["state"] == "running" and "switchover" in d.consumed)
      or pytest.fail(str(cd))),
+    ("switchover starts by preparing: nothing fenced yet, the old primary still primary and routed",
+     lambda: snap(cluster(), healthy3(), commands={"switchover": {"id": "s1", "to": "k3"}}),
+     lambda d, cd: (cd.transition.stage == "prepare" and cd.proxy.target == "k1" and cd.proxy.generation == 3
+                    and cd.keepers["k1"].role == "primary" and cd.primary == "k1") or pytest.fail(str(cd))),
+    ("prepare waits for the old primary's checkpoint",
+     lambda: snap(_preparing(), healthy3()),
+     lambda d, cd: (d.cd is None) or pytest.fail(str(d.events))),
+    ("prepare fences once the old primary checkpointed for this switchover",
+     lambda: snap(_preparing(), [replace(healthy3()[0], checkpointed_for=NOW - 0.1), *healthy3()[1:]]),
+     lambda d, cd: (cd.transition.stage == "fence" and cd.transition.started == NOW - 0.1
+                    and cd.proxy.target is None and cd.proxy.generation == 4 and cd.keepers["k1"].role == "none"
+                    and any("k1 checkpointed in" in e for e in d.events)) or pytest.fail(str(cd))),
+    ("a checkpoint for an earlier switchover does not count",
+     lambda: snap(_preparing(), [replace(healthy3()[0], checkpointed_for=NOW - 50), *healthy3()[1:]]),
+     lambda d, cd: (d.cd is None) or pytest.fail(str(d.events))),
+    ("prepare fences anyway after PREPARE_TIMEOUT (a keeper that does not know the stage)",
+     lambda: snap(_preparing(started=NOW - 6), healthy3()),
+     lambda d, cd: (cd.transition.stage == "fence" and cd.proxy.target is None
+                    and any("fencing anyway" in e for e in d.events)) or pytest.fail(str(cd))),
+    ("the old primary failing while preparing abandons the switchover (then fails over as usual)",
+     lambda: snap(_preparing(), [ks("k2"), ks("k3")]),
+     lambda d, cd: (cd.transition is None or cd.transition.kind == "failover")
+     and cd.last_switchover["state"] == "failed" and any("abandoned before fencing" in e for e in d.events)
+     or pytest.fail(str(cd))),
+    ("the target failing while preparing abandons the switchover, the primary untouched",
+     lambda: snap(_preparing(), [ks("k1", "primary", repl=rows("k2")), ks("k2")]),
+     lambda d, cd: (cd.transition is None and cd.primary == "k1" and cd.proxy.target == "k1"
+                    and cd.last_switchover["state"] == "failed") or pytest.fail(str(cd))),
     ("switchover to the primary is refused",
      lambda: snap(cluster(), healthy3(), commands={"switchover": {"id": "s1", "to": "k1"}}),
      lambda d, cd: (cd.transition is None and cd.last_switchover["state"] == "failed"

@@ -185,15 +185,17 @@ class SyncState:
 class Transition:
     """A primary change in progress (failover or switchover).
 
-    Stages: ``fence`` (proxies told to stop routing, old primary told to stop; waiting for every
-    live proxy to acknowledge, and for a switchover also for the target to catch up) then
-    ``promote`` (new primary told to promote; waiting for it to report itself primary).
+    Stages: for a switchover first ``prepare`` (the old primary, still serving, checkpoints so
+    that its shutdown checkpoint is short; waiting for it to report that, at most
+    PREPARE_TIMEOUT), then ``fence`` (proxies told to stop routing, old primary told to stop;
+    waiting for every live proxy to acknowledge, and for a switchover also for the target to catch
+    up) then ``promote`` (new primary told to promote; waiting for it to report itself primary).
     """
 
     kind: str  # failover | switchover
     old: str | None
     new: str
-    stage: str  # fence | promote
+    stage: str  # prepare (switchover) | fence | promote
     started: float  # wall-clock time the transition began
     proxy_generation: int
     reason: str = ""
@@ -397,6 +399,7 @@ class KeeperStatus(Document):
     lease_ttl: int = 0  # the TTL the store granted to the keeper's lease
     pg_tls: bool = False  # its PostgreSQL serves TLS and takes TCP logins only with it
     roles_ready: bool = False  # as primary, it has created its roles and the application database
+    checkpointed_for: float | None = None  # the ``started`` of the switchover it checkpointed for (prepare)
     # with a backup repository: {"stanza": bool, "last": {id, state, type, label, error, finished_at},
     # "backups": [{label, type, start, stop, wal_start, wal_stop, lsn_start, lsn_stop, size_bytes}], "archived_count",
     # "failed_count", "last_archived_at", "last_failed_at"} (pgha.keeper.backups); {} without
@@ -440,6 +443,7 @@ class KeeperStatus(Document):
                 lease_ttl=f.get(int, "lease_ttl", 0),
                 pg_tls=f.get(bool, "pg_tls", False),
                 roles_ready=f.get(bool, "roles_ready", False),
+                checkpointed_for=f.opt(float, "checkpointed_for"),
                 backup=f.get(dict, "backup", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -142,6 +142,7 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
         self.collect_lock = threading.Lock()
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        self.report_soon = threading.Event()  # wakes the status thread (a transition that names us began)
         # lease and fencing (see the module doc)
         self.lease = Lease(store, on_lost=self.lease_lost)
         self.fenced = True  # no lease yet: never a primary before the first grant
@@ -163,6 +164,7 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
         self._last_put_at = 0.0
         self._controldata_cache: tuple[float, dict[str, str]] | None = None
         self.api: ApiServer | None = None
+        self.checkpointed_for: float | None = None  # the switchover we checkpointed for (prepare stage)
         self.primary_minimums: dict[str, int] = {}  # hot-standby parameters of the primary we follow
         self.init_backups()
 
@@ -198,6 +200,9 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
             self.set_error(f"refusing to act on the cluster data: {exc}")
             self.cd_rev = kv.mod_revision
             return False
+        t = cd.transition
+        if t is not None and self.uid in (t.old, t.new) and (self.cd is None or self.cd.transition != t):
+            self.report_soon.set()  # report at the transition's pace from now, not after the current tick
         self.cd, self.cd_rev = cd, kv.mod_revision
         self.spec = cd.spec
         return True
@@ -306,6 +311,7 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
 
     def shutdown(self) -> None:
         self.stopping.set()
+        self.report_soon.set()
         with self.lock:
             try:
                 self.pg.stop("fast", timeout=30)

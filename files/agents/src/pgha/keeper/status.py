@@ -1,6 +1,8 @@
 """What the keeper reports (part of ``pgha.keeper.main.Keeper``): the **status** thread collects
 PostgreSQL's status and publishes it under the keeper's lease every ``sleep_interval``, whatever the
-main loop is doing; actions that change the role publish at once (``wake_heartbeat``)."""
+main loop is doing, and every ``TRANSITION_TICK`` while a transition names this keeper (the sentinel
+waits on what it reports: a switchover's target has received the final WAL, say); actions that
+change the role publish at once (``wake_heartbeat``)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from pgha.model import ROLE_NONE, ROLE_PRIMARY, ROLE_REPLICA, KeeperStatus, lsn_
 from pgha.store import StoreError
 
 logger = logging.getLogger("pgha.keeper")
+
+TRANSITION_TICK = 0.02  # seconds between two status reports while a transition names this keeper
 
 
 class Reporting:
@@ -80,6 +84,7 @@ class Reporting:
             lease_ttl=self.lease.ttl,
             pg_tls=self.pg.cfg.tls,
             roles_ready=self.roles_ensured,
+            checkpointed_for=self.checkpointed_for,
             backup=self.backup_state,
         )
 
@@ -130,9 +135,17 @@ class Reporting:
                 if str(exc) != problem:
                     logger.warning("cannot publish our status: %s", exc)
                     problem = str(exc)
-            left = self.spec.sleep_interval - (time.monotonic() - started)
-            if left > 0:
-                self.stopping.wait(left)
+            left = self.report_interval() - (time.monotonic() - started)
+            if left > 0 and not self.stopping.is_set():
+                self.report_soon.wait(left)
+            self.report_soon.clear()
+
+    def report_interval(self) -> float:
+        cd = self.cd
+        t = cd.transition if cd is not None else None
+        if t is not None and self.uid in (t.old, t.new):
+            return min(TRANSITION_TICK, self.spec.sleep_interval)
+        return self.spec.sleep_interval
 
     def wake_heartbeat(self) -> None:
         """Publish our status now (after a promotion or a role change) instead of at the next tick."""

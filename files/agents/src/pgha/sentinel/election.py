@@ -99,11 +99,11 @@ def failover(ctx: Ctx, cd: ClusterData) -> ClusterData:
 
 
 def begin_transition(ctx: Ctx, cd: ClusterData, kind: str, old: str | None, new: str, *,
-                      reason: str = "", request_id: str | None = None) -> ClusterData:
+                      reason: str = "", request_id: str | None = None, started: float | None = None) -> ClusterData:
     gen = cd.proxy.generation + 1
     # stored timestamps are wall-clock: another sentinel may finish the transition
-    t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.now, proxy_generation=gen,
-                   reason=reason, request_id=request_id)
+    t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.now if started is None else started,
+                   proxy_generation=gen, reason=reason, request_id=request_id)
     # read-only traffic keeps flowing to the replicas that are neither party of the transition
     ro = tuple(u for u in cd.proxy.ro_targets if u not in (old, new))
     cd = replace(cd, transition=t, proxy=ProxySpec(target=None, generation=gen, ro_targets=ro),
@@ -144,7 +144,10 @@ def start_switchover(ctx: Ctx, cd: ClusterData, cmd: Command) -> ClusterData:
         target = names[0]
     elif target not in names:
         return refuse(f"{target} is not eligible: {why.get(target, 'not a healthy replica')}")
-    ctx.log(f"switchover {rid}: moving primary from {old} to {target}; proxies hold new connections, "
-            f"{old} stops cleanly, {target} is promoted once it has all of {old}'s WAL")
+    ctx.log(f"switchover {rid}: moving primary from {old} to {target}; {old} checkpoints while it still serves, "
+            f"then proxies hold new connections, {old} stops cleanly, {target} is promoted once it has all of "
+            f"{old}'s WAL")
     cd = replace(cd, last_switchover={"id": rid, "state": "running", "reason": "", "from": old, "to": target})
-    return begin_transition(ctx, cd, "switchover", old, target, reason="requested", request_id=rid)
+    t = Transition(kind="switchover", old=old, new=target, stage="prepare", started=ctx.snap.now,
+                   proxy_generation=cd.proxy.generation, reason="requested", request_id=rid)
+    return replace(cd, transition=t, message=f"switchover from {old} to {target}: {old} checkpoints")

@@ -1,5 +1,9 @@
 """Transitions: a primary change in two stages, ``fence`` then ``promote`` (the rules and the
-invariant are in ``pgha.sentinel.decide``'s module doc), aborted when it cannot complete.
+invariant are in ``pgha.sentinel.decide``'s module doc), aborted when it cannot complete. A
+switchover starts with ``prepare``: the old primary, still serving, runs a checkpoint, so that the
+shutdown checkpoint it runs once fenced has little left to write; the fence starts when it reports
+that, or after PREPARE_TIMEOUT (a keeper that does not know the stage, a checkpoint that takes
+long: the switchover is only slower).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from pgha.model import (
     SyncState,
 )
 from pgha.sentinel.context import Ctx, failed, failure_reason
+from pgha.sentinel.election import begin_transition
+
+PREPARE_TIMEOUT = 5.0  # seconds a switchover waits for the old primary's checkpoint before fencing anyway
 
 
 def _proxies_acked(ctx: Ctx, generation: int) -> tuple[bool, list[str]]:
@@ -30,6 +37,8 @@ def advance_transition(ctx: Ctx, cd: ClusterData) -> ClusterData:
     new_st = snap.keepers.get(t.new)
     elapsed = snap.now - t.started
 
+    if t.stage == "prepare":
+        return _prepare(ctx, cd)
     if t.stage == "fence":
         new_reason = failure_reason(ctx, cd, t.new)
         if new_reason:
@@ -79,6 +88,33 @@ def advance_transition(ctx: Ctx, cd: ClusterData) -> ClusterData:
         ctx.log(f"{t.kind}: new primary {t.new} failed while promoting ({reason}); will elect again")
         return replace(cd, transition=None, message=f"{t.new} failed while promoting")
     return cd
+
+
+def _prepare(ctx: Ctx, cd: ClusterData) -> ClusterData:
+    """A switchover's first stage: nothing is fenced yet, so it ends without harm when a party fails."""
+    t = cd.transition
+    assert t is not None and t.old is not None
+    snap = ctx.snap
+    for uid, role in ((t.old, "primary"), (t.new, "target")):
+        reason = failure_reason(ctx, cd, uid)
+        if reason:
+            ctx.log(f"switchover to {t.new} abandoned before fencing: the {role} {uid} failed ({reason})")
+            cd = replace(cd, transition=None, message=f"switchover abandoned: {uid} failed")
+            if cd.last_switchover and cd.last_switchover.get("id") == t.request_id:
+                cd = replace(cd, last_switchover={**cd.last_switchover, "state": "failed",
+                                                  "reason": f"{uid} failed ({reason})"})
+            return cd
+    old_st = snap.keepers.get(t.old)
+    waited = snap.now - t.started
+    if old_st is not None and old_st.checkpointed_for == t.started:
+        why = f"{t.old} checkpointed in {waited:.2f}s"
+    elif waited > PREPARE_TIMEOUT:
+        why = f"{t.old} did not report its checkpoint within {PREPARE_TIMEOUT:g}s, fencing anyway"
+    else:
+        return cd
+    ctx.log(f"switchover to {t.new}: {why}; fencing: proxies hold new connections, {t.old} stops")
+    return begin_transition(ctx, replace(cd, transition=None), "switchover", t.old, t.new, reason=t.reason,
+                            request_id=t.request_id, started=t.started)
 
 
 def _may_still_write(ctx: Ctx, old: str) -> str | None:

@@ -3,6 +3,7 @@ connections to other members (pure: no PostgreSQL runs)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,3 +80,25 @@ def test_tls_parameters_and_verified_connections_to_members(tmp_path) -> None:
     plain = actions(tmp_path, False)
     assert "ssl" not in plain.pg_parameters(True, None)
     assert "sslmode=disable" in plain.conninfo("10.0.0.2:5433")
+
+
+def test_a_dead_postmaster_not_yet_reaped_is_told_from_a_live_one(tmp_path) -> None:
+    import os
+
+    from pgha.keeper.pg import Postgres
+
+    pg = Postgres.__new__(Postgres)  # only its data directory is used
+    pg.pgdata = tmp_path
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        time.sleep(0.2)  # exited, not reaped: a zombie, as a killed keeper's postmaster under a slow init
+        (tmp_path / "postmaster.pid").write_text(f"{pid}\n{tmp_path}\n")
+        assert pg.dead_postmaster() == pid
+    finally:
+        os.waitpid(pid, 0)
+    assert pg.dead_postmaster() is None  # reaped: gone
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    assert pg.dead_postmaster() is None  # alive: not dead
+    pg.wait_dead_postmaster(timeout=0.1)  # returns at once

@@ -43,6 +43,7 @@ from pgha.model import Replication, lsn_to_int
 logger = logging.getLogger("pgha.keeper")
 
 _PR_SET_PDEATHSIG = 1
+ZOMBIE_WAIT = 10.0  # seconds a keeper waits for init to reap its killed predecessor's postmaster
 
 
 class PgError(Exception):
@@ -214,10 +215,33 @@ class Postgres:
     def running(self) -> bool:
         return self.postmaster_pid() is not None
 
+    def dead_postmaster(self) -> int | None:
+        """The pid postmaster.pid names when that process has exited but not been reaped (a zombie:
+        a killed keeper's PostgreSQL, reparented to an init that reaps it late). PostgreSQL takes it
+        for a live postmaster: it refuses to start, and pg_rewind to run, until it is gone."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if stat.rpartition(")")[2].split()[:1] == ["Z"] else None
+
+    def wait_dead_postmaster(self, timeout: float = ZOMBIE_WAIT) -> None:
+        """Give init up to ``timeout`` seconds to reap a dead postmaster (``dead_postmaster``)."""
+        pid = self.dead_postmaster()
+        if pid is None:
+            return
+        logger.info("the previous postmaster (pid %d) has exited but is not reaped yet: waiting up to %.0fs for it "
+                    "to be gone (PostgreSQL and pg_rewind refuse to run while its pid exists)", pid, timeout)
+        deadline = time.monotonic() + timeout
+        while self.dead_postmaster() == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def start(self, timeout: float = 60.0) -> None:
         if self.running():
             return
         self.close()
+        self.wait_dead_postmaster()
         self.sockdir.mkdir(mode=0o700, exist_ok=True)
         log = open(self.logfile, "ab")
         try:
@@ -436,6 +460,7 @@ class Postgres:
 
     def rewind(self, host: str, port: int) -> str:
         conninfo = self.member_conninfo(host, port, dbname="postgres")
+        self.wait_dead_postmaster()
         return self._run([self.bin("pg_rewind"), "-D", str(self.pgdata), f"--source-server={conninfo}"],
                          f"pg_rewind from {host}:{port}", timeout=600)
 

@@ -125,6 +125,13 @@ def test_transition_timeline_is_reported_relative_to_the_kill() -> None:
                 {"detected": 4.0, "promoted": 4.2, "completed": 4.5})
     assert r["events"] == {"kill": 0.0, "detection": 2.5, "election": 2.7, "promotion": 3.0,
                            "first_successful_write": 3.5}
+    # with the prober's and the new primary's own times (a forged odd value is left out)
+    r = analyze(events([1.0, 5.0], stop=6.0), {"kill": 1.5},
+                {"suspected": 1.6, "confirmed": 1.65, "detected": 1.7, "promoted": 1.8, "promote_called": 1.82,
+                 "promote_done": 1.9, "completed": 1.95, "aborted": "x"})
+    assert list(r["events"]) == ["kill", "suspicion", "confirmation", "detection", "election", "promote_called",
+                                 "promoted", "promotion", "first_successful_write"]
+    assert r["events"]["confirmation"] == pytest.approx(0.15) and r["events"]["promoted"] == pytest.approx(0.4)
 
 
 def test_series_counts_writes_per_bucket() -> None:
@@ -174,6 +181,10 @@ def test_probe_and_report_on_a_crash(cluster_factory, tmp_path: Path) -> None:
     assert 0 < report["rto_s"] < 60
     ev = report["events"]
     assert ev["kill"] == 0 and 0 < ev["detection"] <= ev["election"] <= ev["promotion"]
+    # the parties' own times: the prober's refused connection and confirmed crash, pg_promote() on
+    # the new primary (its clock is this machine's)
+    assert 0 < ev["suspicion"] <= ev["confirmation"] <= ev["detection"], ev
+    assert ev["election"] <= ev["promote_called"] <= ev["promoted"] <= ev["promotion"], ev
     assert ev["first_successful_write"] >= ev["promotion"] - 0.5
     assert "writes unavailable" in rep.stdout
     # a budget that is exceeded fails the report

@@ -21,6 +21,7 @@ from pgha.model import (
     SyncState,
     Transition,
 )
+from pgha.sentinel.context import Revocation
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.spec import Spec, normalize
 
@@ -177,17 +178,19 @@ CASES: list[Case] = [
                     and cd.primary == "k1") or pytest.fail(str(cd))),
     ("primary whose lease the prober revoked (a confirmed crash): failover says why, through the same fence",
      lambda: replace(snap(cluster(), [ks("k2", lsn=90), ks("k3", lsn=95)]), leases_alive={"k1": False},
-                     revoked={"k1": "PostgreSQL at h:5432 and the keeper's API at h:8008 refused all 6 connections"}),
+                     revoked={"k1": Revocation("PostgreSQL at h:5432 and the keeper's API at h:8008 refused all 6 "
+                                               "connections", suspected=NOW - 0.06, confirmed=NOW - 0.01)}),
      lambda d, cd: (cd.transition is not None and cd.transition.new == "k3" and cd.transition.stage == "fence"
                     and cd.proxy.target is None and cd.keepers["k1"].role == "none"
+                    and (cd.last_transition["suspected"], cd.last_transition["confirmed"]) == (NOW - 0.06, NOW - 0.01)
                     and any("crashed: PostgreSQL at h:5432" in e and "(its lease revoked)" in e for e in d.events))
      or pytest.fail(str(d.events))),
     ("a revoked keeper that registered again is not failed for it (its new status counts)",
-     lambda: replace(snap(cluster(), healthy3()), revoked={"k1": "refused"}),
+     lambda: replace(snap(cluster(), healthy3()), revoked={"k1": Revocation("refused", NOW - 1, NOW - 1)}),
      lambda d, cd: _expect_primary_unchanged(d, cd)),
     ("fence stage after a revoked lease promotes: the lease is gone",
      lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
-                     leases_alive={"k1": False}, revoked={"k1": "refused"}),
+                     leases_alive={"k1": False}, revoked={"k1": Revocation("refused", NOW - 1, NOW - 1)}),
      lambda d, cd: (cd.primary == "k2" and cd.transition is not None and cd.transition.stage == "promote")
      or pytest.fail(str(cd))),
     ("unhealthy primary within fail_interval is kept",
@@ -249,6 +252,22 @@ CASES: list[Case] = [
                      leases_alive={"k1": False}),
      lambda d, cd: (cd.primary == "k2" and cd.transition is not None and cd.transition.stage == "promote")
      or pytest.fail(str(cd))),
+    ("the transition's record takes the new primary's own promotion times, not an earlier promotion's",
+     lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
+                          transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4),
+                          last_transition={"kind": "failover", "old": "k1", "new": "k2", "detected": NOW - 1}),
+                  [replace(ks("k2", "primary", tl=2, repl=rows("k3")), promote_called_at=NOW - 0.3, promoted_at=NOW - 0.2),
+                   ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+     lambda d, cd: (cd.last_transition["promote_called"], cd.last_transition["promote_done"],
+                    cd.last_transition["completed"]) == (NOW - 0.3, NOW - 0.2, NOW) or pytest.fail(str(cd.last_transition))),
+    ("promotion times older than the transition are not its own",
+     lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
+                          transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4),
+                          last_transition={"kind": "failover", "old": "k1", "new": "k2", "detected": NOW - 1}),
+                  [replace(ks("k2", "primary", tl=2, repl=rows("k3")), promote_called_at=NOW - 90, promoted_at=NOW - 89),
+                   ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+     lambda d, cd: ("promote_called" not in cd.last_transition and cd.last_transition["completed"] == NOW)
+     or pytest.fail(str(cd.last_transition))),
     ("promote stage routes proxies once the new primary reports itself primary",
      lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
                           transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4)),

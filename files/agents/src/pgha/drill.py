@@ -156,10 +156,17 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
         worst = max(gaps, key=lambda g: g[0])
     timeline: dict[str, float | None] = {k: v for k, v in markers.items()}
     if transition:
-        for k in ("detected", "promoted", "completed"):
-            if transition.get(k):
-                timeline[{"detected": "detection", "promoted": "election",
-                          "completed": "promotion"}[k]] = float(transition[k])
+        # the sentinel's times (detection: it saw the failure; election: every proxy had acknowledged
+        # the fence and it ordered the promotion; promotion: it saw the new primary) and, where the
+        # parties record their own, theirs: the prober's first refused connection and its confirmed
+        # crash, the new primary's pg_promote() called and done
+        names = {"suspected": "suspicion", "confirmed": "confirmation", "detected": "detection",
+                 "promoted": "election", "promote_called": "promote_called", "promote_done": "promoted",
+                 "completed": "promotion"}
+        for k, name in names.items():
+            v = transition.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v:
+                timeline[name] = float(v)
     # the client's writes resume at the end of the outage (an acknowledgement already in flight when
     # the disruption hit is not a resumption)
     resumed = worst[2] if first_after is not None else None

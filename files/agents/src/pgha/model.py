@@ -400,6 +400,8 @@ class KeeperStatus(Document):
     pg_tls: bool = False  # its PostgreSQL serves TLS and takes TCP logins only with it
     roles_ready: bool = False  # as primary, it has created its roles and the application database
     checkpointed_for: float | None = None  # the ``started`` of the switchover it checkpointed for (prepare)
+    promote_called_at: float | None = None  # wall time of its last promotion: pg_promote() called ...
+    promoted_at: float | None = None  # ... and out of recovery
     # with a backup repository: {"stanza": bool, "last": {id, state, type, label, error, finished_at},
     # "backups": [{label, type, start, stop, wal_start, wal_stop, lsn_start, lsn_stop, size_bytes}], "archived_count",
     # "failed_count", "last_archived_at", "last_failed_at"} (pgha.keeper.backups); {} without
@@ -444,6 +446,8 @@ class KeeperStatus(Document):
                 pg_tls=f.get(bool, "pg_tls", False),
                 roles_ready=f.get(bool, "roles_ready", False),
                 checkpointed_for=f.opt(float, "checkpointed_for"),
+                promote_called_at=f.opt(float, "promote_called_at"),
+                promoted_at=f.opt(float, "promoted_at"),
                 backup=f.get(dict, "backup", {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

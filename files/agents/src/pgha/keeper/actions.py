@@ -300,8 +300,9 @@ class Actions:
     def do_promote(self, action: kd.Action, want: KeeperSpec | None, follow_addr: str | None) -> None:
         if self.configure(want, True, None):
             self.pg.reload()
-        t0 = time.monotonic()
+        t0, called = time.monotonic(), time.time()
         self.pg.promote()
+        self.promote_times = (called, time.time())
         self.following = None
         logger.info("promoted to primary in %.3fs", time.monotonic() - t0)
         self.wake_heartbeat()

@@ -165,6 +165,7 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
         self._controldata_cache: tuple[float, dict[str, str]] | None = None
         self.api: ApiServer | None = None
         self.checkpointed_for: float | None = None  # the switchover we checkpointed for (prepare stage)
+        self.promote_times: tuple[float | None, float | None] = (None, None)  # our last pg_promote(): called, done
         self.primary_minimums: dict[str, int] = {}  # hot-standby parameters of the primary we follow
         self.init_backups()
 

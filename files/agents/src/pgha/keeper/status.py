@@ -85,6 +85,8 @@ class Reporting:
             pg_tls=self.pg.cfg.tls,
             roles_ready=self.roles_ensured,
             checkpointed_for=self.checkpointed_for,
+            promote_called_at=self.promote_times[0],
+            promoted_at=self.promote_times[1],
             backup=self.backup_state,
         )
 

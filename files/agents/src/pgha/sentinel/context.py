@@ -31,8 +31,15 @@ class Snapshot:
     # absent keeper (the primary, or a transition's old primary) -> whether the lease its status key
     # had when this sentinel last saw it still exists (asked by the sentinel; missing: never seen)
     leases_alive: dict[str, bool] = field(default_factory=dict)
-    # keeper -> why this sentinel revoked its lease (a crash its probes confirmed, pgha.sentinel.crash)
-    revoked: dict[str, str] = field(default_factory=dict)
+    # keeper -> the crash this sentinel's prober confirmed before revoking its lease (pgha.sentinel.crash)
+    revoked: dict[str, Revocation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    why: str
+    suspected: float  # wall time of the first refused connection
+    confirmed: float  # wall time the lease was revoked
 
 
 @dataclass
@@ -92,7 +99,7 @@ def failure_reason(ctx: Ctx, cd: ClusterData, uid: str) -> str | None:
     st = snap.keepers.get(uid)
     if st is None:
         if uid in snap.revoked:
-            return f"crashed: {snap.revoked[uid]} (its lease revoked)"
+            return f"crashed: {snap.revoked[uid].why} (its lease revoked)"
         return "its lease expired (no status in the store)"
     since = ctx.mem.unhealthy_since.get(uid)
     if since is not None and snap.mono - since > cd.spec.fail_interval:

@@ -110,6 +110,10 @@ def begin_transition(ctx: Ctx, cd: ClusterData, kind: str, old: str | None, new:
                  message=f"{kind} from {old} to {new} in progress")
     cd = replace(cd, last_transition={"kind": kind, "old": old, "new": new, "reason": reason,
                                       "detected": ctx.snap.now, "promoted": None, "completed": None})
+    crashed = ctx.snap.revoked.get(old) if old else None
+    if crashed is not None:  # the prober's own times, not this check's
+        cd = replace(cd, last_transition={**cd.last_transition, "suspected": crashed.suspected,
+                                          "confirmed": crashed.confirmed})
     if old is not None and old in cd.keepers:
         cd = cd.with_keeper(old, role=ROLE_NONE, follow=None)
     # the other replicas cascade from the new primary already: when it is promoted they are connected

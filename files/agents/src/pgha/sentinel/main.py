@@ -46,6 +46,7 @@ from pgha.model import (
     loads,
 )
 from pgha.sentinel import crash
+from pgha.sentinel.context import Revocation
 from pgha.sentinel.decide import Decision, Memory, Snapshot, decide
 from pgha.sentinel.placement import store_leader_move
 from pgha.spec import Spec, SpecError, default, normalize
@@ -115,7 +116,7 @@ class Sentinel:
         self._store_leader_problem = ""
         # the prober (see pgha.sentinel.crash): the primary to watch, as the last check saw it
         self.probe_target: tuple[str, KeeperStatus] | None = None
-        self.revoked: dict[str, str] = {}  # keeper -> why its lease was revoked (until it registers again)
+        self.revoked: dict[str, Revocation] = {}  # keeper -> the crash it was revoked for (until it registers again)
         self._probe_problem = ""
 
     # ------------------------------------------------------------------ lease and election
@@ -336,6 +337,7 @@ class Sentinel:
             return
         uid, st = target
         addrs = crash.probe_targets(st, self.host)
+        suspected = time.time()
         if addrs is None or probe(addrs[1]) != crash.REFUSED:
             return
         pg, api = addrs
@@ -364,7 +366,7 @@ class Sentinel:
             return  # leadership lost, or the cluster moved on, while probing
         logger.warning("keeper %s (the primary) crashed: %s; revoking its lease %x so that the failover starts "
                        "now instead of when the lease expires", uid, why, kv.lease)
-        self.revoked[uid] = why
+        self.revoked[uid] = Revocation(why=why, suspected=suspected, confirmed=time.time())
         self.probe_target = None
         self.store.revoke(kv.lease)
 

@@ -81,7 +81,10 @@ def advance_transition(ctx: Ctx, cd: ClusterData) -> ClusterData:
                                               "seconds": round(elapsed, 3)})
         ctx.mem.primary_lsn = new_st.lsn
         if cd.last_transition and cd.last_transition.get("new") == t.new:
-            cd = replace(cd, last_transition={**cd.last_transition, "completed": snap.now})
+            # the new primary's own times of pg_promote() called and returned (pgha.keeper.actions)
+            own = {k: v for k, v in (("promote_called", new_st.promote_called_at), ("promote_done", new_st.promoted_at))
+                   if v is not None and v >= t.started}
+            cd = replace(cd, last_transition={**cd.last_transition, "completed": snap.now, **own})
         return cd
     reason = failure_reason(ctx, cd, t.new)
     if reason:

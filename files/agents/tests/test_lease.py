@@ -104,6 +104,19 @@ def test_a_lease_revoked_by_someone_else_is_reported_lost_before_a_new_grant() -
     store.revoke(first)  # the leading sentinel confirmed a crash
     assert lease.renew(3) is True and lease.id != first
     assert seen == [(0, True)]  # told while it had no lease, so nothing could be published under one
+    lease.renew(4)  # a TTL change grants a new lease while the old one lives: nothing lost
+    assert seen == [(0, True)]
+
+
+def test_a_store_that_does_not_answer_loses_no_lease() -> None:
+    store = SlowStore()
+    seen: list[int] = []
+    lease = Lease(store, on_lost=lambda: seen.append(1))
+    lease.renew(3)
+    store.delay = 0.05
+    with pytest.raises(StoreError):
+        lease.renew(3)
+    assert seen == [] and lease.id
 
 
 def test_a_failed_renewal_leaves_the_deadline_running() -> None:

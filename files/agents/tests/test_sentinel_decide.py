@@ -188,6 +188,16 @@ CASES: list[Case] = [
     ("a revoked keeper that registered again is not failed for it (its new status counts)",
      lambda: replace(snap(cluster(), healthy3()), revoked={"k1": Revocation("refused", NOW - 1, NOW - 1)}),
      lambda d, cd: _expect_primary_unchanged(d, cd)),
+    ("fence stage after a revocation that did not happen (the lease lives) does not promote",
+     lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+                     leases_alive={"k1": True}, revoked={"k1": Revocation("refused", NOW - 1, NOW - 1)}),
+     lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence" and cd.primary == "k1")
+     or pytest.fail(str(cd))),
+    ("fence stage waits for a revoked keeper that registered again and runs PostgreSQL",
+     lambda: replace(snap(_fencing(), [ks("k1", "primary", repl=rows("k2", "k3")), ks("k2"), ks("k3")],
+                          proxies=[ProxyStatus("p1", generation=4)]), revoked={"k1": Revocation("refused", NOW - 1, NOW - 1)}),
+     lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence" and cd.primary == "k1"
+                    and "waiting for k1 to stop PostgreSQL" in cd.message) or pytest.fail(str(cd))),
     ("fence stage after a revoked lease promotes: the lease is gone",
      lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
                      leases_alive={"k1": False}, revoked={"k1": Revocation("refused", NOW - 1, NOW - 1)}),
@@ -289,7 +299,7 @@ CASES: list[Case] = [
      lambda d, cd: (d.cd is None) or pytest.fail(str(d.events))),
     ("prepare fences once the old primary checkpointed for this switchover",
      lambda: snap(_preparing(), [replace(healthy3()[0], checkpointed_for=NOW - 0.1), *healthy3()[1:]]),
-     lambda d, cd: (cd.transition.stage == "fence" and cd.transition.started == NOW - 0.1
+     lambda d, cd: (cd.transition.stage == "fence" and cd.transition.started == NOW
                     and cd.proxy.target is None and cd.proxy.generation == 4 and cd.keepers["k1"].role == "none"
                     and any("k1 checkpointed in" in e for e in d.events)) or pytest.fail(str(cd))),
     ("a checkpoint for an earlier switchover does not count",

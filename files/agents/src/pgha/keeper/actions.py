@@ -328,7 +328,7 @@ class Actions:
             return
         t0 = time.monotonic()
         try:
-            self.pg.query("SET statement_timeout = 10000")
+            self.pg.query("SET statement_timeout = 4000")  # below the sentinel's PREPARE_TIMEOUT (5 s)
             self.pg.query("CHECKPOINT")
             self.pg.query("RESET statement_timeout")
             logger.info("switchover to %s prepared: checkpoint done in %.3fs (the shutdown checkpoint will be short)",

@@ -84,14 +84,14 @@ class Fencing:
         (the fence timer has killed a primary already) or the leading sentinel revoked it, having
         confirmed a crash (``pgha.sentinel.crash``) and failing over now. A primary still running
         is killed before we register again: another keeper may be promoted meanwhile."""
-        if self.pg.running() and not self.pg.is_standby_configured():
-            logger.error("FENCING: our lease is gone on the server (revoked by the leading sentinel, which takes "
-                         "us for crashed and fails over, or expired): killing PostgreSQL before registering again")
-            self.phase = "fenced"
-            try:
+        try:
+            if self.pg.running() and not self.pg.is_standby_configured():
+                logger.error("FENCING: our lease is gone on the server (revoked by the leading sentinel, which takes "
+                             "us for crashed and fails over, or expired): killing PostgreSQL before registering again")
+                self.phase = "fenced"
                 self.pg.kill()
-            except PgError as exc:
-                logger.error("fencing: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the lease thread must live to register again
+            logger.error("fencing after the lease was lost: %s", exc)
 
     def renew(self) -> None:
         """One renewal attempt. A new lease (the first one, one after the old one expired on the

@@ -40,6 +40,7 @@ class Revocation:
     why: str
     suspected: float  # wall time of the first refused connection
     confirmed: float  # wall time the lease was revoked
+    lease: int = 0  # the lease revoked
 
 
 @dataclass

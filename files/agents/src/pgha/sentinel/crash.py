@@ -5,8 +5,10 @@ lease expires: that machine's kernel answers connections to both ports with a re
 refused"). The leading sentinel connects to the primary keeper's API every ``PROBE_EVERY``; when
 that is refused it confirms with ``CONFIRM_ROUNDS`` rounds, ``CONFIRM_GAP`` apart, of one
 connection to PostgreSQL and one to the keeper's API, reading the keeper's status key before and
-after. ``confirm`` says whether that is a crash: every connection refused, and the status key
-unchanged (same revision, same lease) meanwhile. Then the sentinel revokes the keeper's lease, and
+after. ``confirm`` says whether that is a crash: every connection refused, the status key unchanged
+(same revision, same lease) meanwhile, and both endpoints reached by this sentinel before, under the
+same lease (a firewall that rejects the sentinel, or an address it cannot reach, refuses from the
+start: that is never taken for a crash). Then the sentinel revokes the keeper's lease, and
 the failover runs through the unchanged path of ``pgha.sentinel.decide`` (the primary's key is
 gone *because its lease is gone*: fence, acknowledgements, promote).
 
@@ -34,6 +36,7 @@ CONFIRM_GAP = 0.02
 PROBE_TIMEOUT = 0.25
 
 WILDCARDS = ("", "0.0.0.0", "::", "*")
+LOOPBACK_NAMES = ("localhost", "localhost4", "localhost6", "ip6-localhost", "ip6-loopback")
 
 
 def split_address(address: str) -> tuple[str, int] | None:
@@ -45,12 +48,15 @@ def split_address(address: str) -> tuple[str, int] | None:
 
 
 def loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether ``host`` names this machine wherever it is read (a loopback address or name, or an
+    unspecified one, which connects to the local machine)."""
+    if host.lower().rstrip(".") in LOOPBACK_NAMES or host.lower().endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 def probe_targets(st: Any, sentinel_host: str) -> tuple[tuple[str, int], tuple[str, int]] | None:
@@ -59,7 +65,7 @@ def probe_targets(st: Any, sentinel_host: str) -> tuple[tuple[str, int], tuple[s
     does not parse, or a loopback address while the sentinel runs on another machine (it would
     connect to its own)."""
     pg, api = split_address(st.address), split_address(st.api_address)
-    if pg is None or api is None:
+    if pg is None or api is None or pg[0] in WILDCARDS:
         return None
     api_host = pg[0] if api[0] in WILDCARDS else api[0]
     if (loopback(pg[0]) or loopback(api_host)) and (not st.host or st.host != sentinel_host):
@@ -78,10 +84,15 @@ class Evidence:
     key_after: tuple[int, int] | None  # ... after the last one (None: gone)
     rounds: tuple[tuple[str, str], ...]  # (PostgreSQL, API) outcome of each round
     span: float  # seconds from the first probe to the last
+    reached: frozenset[str] = frozenset()  # of "pg", "api": accepted this sentinel's connection under this lease
 
 
 def confirm(ev: Evidence) -> tuple[bool, str]:
     """Whether ``ev`` proves the keeper and its PostgreSQL are dead, and why (or why not)."""
+    if ev.reached != {"pg", "api"}:
+        never = " and ".join(n for n, k in (("PostgreSQL", "pg"), ("the keeper's API", "api")) if k not in ev.reached)
+        return False, (f"this sentinel never reached {never} under the keeper's current lease (a firewall that "
+                       "rejects it, or an address it cannot reach, refuses from the start)")
     if ev.key_after is None:
         return False, "its status key is gone already (the lease path goes on)"
     if ev.key_after != ev.key_before:

@@ -99,11 +99,11 @@ def failover(ctx: Ctx, cd: ClusterData) -> ClusterData:
 
 
 def begin_transition(ctx: Ctx, cd: ClusterData, kind: str, old: str | None, new: str, *,
-                      reason: str = "", request_id: str | None = None, started: float | None = None) -> ClusterData:
+                      reason: str = "", request_id: str | None = None) -> ClusterData:
     gen = cd.proxy.generation + 1
     # stored timestamps are wall-clock: another sentinel may finish the transition
-    t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.now if started is None else started,
-                   proxy_generation=gen, reason=reason, request_id=request_id)
+    t = Transition(kind=kind, old=old, new=new, stage="fence", started=ctx.snap.now, proxy_generation=gen,
+                   reason=reason, request_id=request_id)
     # read-only traffic keeps flowing to the replicas that are neither party of the transition
     ro = tuple(u for u in cd.proxy.ro_targets if u not in (old, new))
     cd = replace(cd, transition=t, proxy=ProxySpec(target=None, generation=gen, ro_targets=ro),

@@ -114,9 +114,13 @@ class Sentinel:
         self.steady = False  # the leader's last check found nothing under way (see the module doc)
         self._store_leader_checked = 0.0
         self._store_leader_problem = ""
-        # the prober (see pgha.sentinel.crash): the primary to watch, as the last check saw it
-        self.probe_target: tuple[str, KeeperStatus] | None = None
-        self.revoked: dict[str, Revocation] = {}  # keeper -> the crash it was revoked for (until it registers again)
+        # the prober (see pgha.sentinel.crash): the primary to watch, as the last check saw it:
+        # (uid, lease of its status key, status)
+        self.probe_target: tuple[str, int, KeeperStatus] | None = None
+        # keeper -> the crash its lease was revoked for; kept until it registers under another lease
+        self.revoked: dict[str, Revocation] = {}
+        self._revoked_lock = threading.Lock()
+        self._reached: tuple[tuple[str, int], set[str]] = (("", 0), set())  # endpoints that accepted, per lease
         self._probe_problem = ""
 
     # ------------------------------------------------------------------ lease and election
@@ -215,14 +219,16 @@ class Sentinel:
         if spec is not None:
             self.interval = spec.sleep_interval
             self.fail_interval = spec.fail_interval
-        for uid in [u for u in self.revoked if u in keepers]:
-            del self.revoked[uid]  # registered again (under a new lease)
+        with self._revoked_lock:
+            for uid in [u for u, r in self.revoked.items() if keeper_leases.get(u, r.lease) != r.lease]:
+                del self.revoked[uid]  # registered again, under another lease
+            revoked = dict(self.revoked)
         snap = Snapshot(now=time.time(), mono=time.monotonic(), cluster_name=self.cluster, spec=spec,
                         spec_uid=spec_uid, cd=cd, keepers=keepers, proxies=proxies, commands=commands,
                         keeper_leases=keeper_leases, leases_alive=self._absent_leases(cd, keepers),
-                        revoked=dict(self.revoked))
+                        revoked=revoked)
         primary = keepers.get(cd.primary) if cd is not None and cd.primary else None
-        self.probe_target = (primary.uid, primary) if (
+        self.probe_target = (primary.uid, keeper_leases[primary.uid], primary) if (
             primary is not None and cd is not None and cd.phase == PHASE_NORMAL and cd.transition is None
             and primary.role == ROLE_PRIMARY and primary.cluster_uid == cd.uid) else None
         return snap, revision, cd_rev
@@ -308,6 +314,7 @@ class Sentinel:
                     store_down_since = started
                     logger.warning("store error: %s", exc)
                 self.leader = False
+                self.probe_target = None
                 self.stopping.wait(self.interval)
                 continue
             try:
@@ -331,18 +338,35 @@ class Sentinel:
             except Exception as exc:  # noqa: BLE001 - the prober must live: log and go on
                 logger.exception("prober: %s", exc)
 
-    def probe_primary(self) -> None:
+    def _same_target(self, uid: str, lease: int) -> bool:
+        t = self.probe_target
+        return t is not None and (t[0], t[1]) == (uid, lease)
+
+    def probe_primary(self, probe: Any = probe) -> None:
+        """One look at the primary (``probe``: the connection test, replaceable in tests). Every
+        accepted connection is remembered for the keeper's lease; a refused one starts a
+        confirmation (pgha.sentinel.crash.confirm), and a confirmed crash revokes the lease."""
         target = self.probe_target
         if not self.leader or target is None:
             return
-        uid, st = target
+        uid, lease, st = target
         addrs = crash.probe_targets(st, self.host)
-        suspected = time.time()
-        if addrs is None or probe(addrs[1]) != crash.REFUSED:
+        if addrs is None:
             return
         pg, api = addrs
+        if self._reached[0] != (uid, lease):
+            self._reached = ((uid, lease), set())
+        reached = self._reached[1]
+        suspected = time.time()
+        first = probe(api)
+        if first != crash.REFUSED:
+            if first == "accepted":
+                reached.add("api")
+                if "pg" not in reached and probe(pg) == "accepted":
+                    reached.add("pg")
+            return
         kv = self.store.get(self.keys.keeper(uid))
-        if kv is None:
+        if kv is None or kv.lease != lease:
             return
         t0 = time.monotonic()
         rounds = []
@@ -354,7 +378,7 @@ class Sentinel:
         after = self.store.get(self.keys.keeper(uid))
         ev = crash.Evidence(uid=uid, pg=pg, api=api, key_before=(kv.mod_revision, kv.lease),
                             key_after=(after.mod_revision, after.lease) if after is not None else None,
-                            rounds=tuple(rounds), span=span)
+                            rounds=tuple(rounds), span=span, reached=frozenset(reached))
         ok, why = crash.confirm(ev)
         if not ok:
             text = f"keeper {uid} (the primary): its API refused a connection, no crash confirmed: {why}"
@@ -362,13 +386,17 @@ class Sentinel:
                 logger.info("%s", text)
                 self._probe_problem = text
             return
-        if not self.leader or self.probe_target is not target:
-            return  # leadership lost, or the cluster moved on, while probing
+        # still the leader (the key, not only our flag) and still the same primary under the same lease
+        leader = self.store.get(self.keys.leader)
+        if not (self.leader and self._same_target(uid, lease) and leader is not None
+                and leader.value.decode() == self.uid and leader.lease == self.lease.id):
+            return
         logger.warning("keeper %s (the primary) crashed: %s; revoking its lease %x so that the failover starts "
-                       "now instead of when the lease expires", uid, why, kv.lease)
-        self.revoked[uid] = Revocation(why=why, suspected=suspected, confirmed=time.time())
+                       "now instead of when the lease expires", uid, why, lease)
+        with self._revoked_lock:
+            self.revoked[uid] = Revocation(why=why, suspected=suspected, confirmed=time.time(), lease=lease)
         self.probe_target = None
-        self.store.revoke(kv.lease)
+        self.store.revoke(lease)
 
     def _wait(self, started: float, revision: int) -> None:
         """Until the next check: see the module doc for what wakes it. At most sleep_interval."""

@@ -117,7 +117,7 @@ def _prepare(ctx: Ctx, cd: ClusterData) -> ClusterData:
         return cd
     ctx.log(f"switchover to {t.new}: {why}; fencing: proxies hold new connections, {t.old} stops")
     return begin_transition(ctx, replace(cd, transition=None), "switchover", t.old, t.new, reason=t.reason,
-                            request_id=t.request_id, started=t.started)
+                            request_id=t.request_id)  # switchover_timeout counts from the fence
 
 
 def _may_still_write(ctx: Ctx, old: str) -> str | None:

@@ -305,9 +305,22 @@ class EtcdStore(Store):
             raise StoreError(f"lease grant: unexpected answer {str(resp)[:200]}") from None
 
     def keepalive(self, lease: int, budget: float | None = None) -> int:
+        """The lease's TTL after renewing it; 0 when the server no longer knows it (expired or
+        revoked: etcd answers with the ID and no TTL). Any other answer is a StoreError, never 0: a
+        keeper kills its primary when its lease is gone (``Lease.on_lost``)."""
         resp = self.request("/v3/lease/keepalive", {"ID": str(lease)}, budget=budget)
-        result = resp.get("result", resp)
-        return int(result.get("TTL", 0) or 0)
+        if resp.get("error"):
+            text = str(resp["error"].get("message", resp["error"]) if isinstance(resp["error"], dict) else resp["error"])
+            if "lease not found" in text:
+                return 0
+            raise StoreError(f"lease keepalive failed: {text[:200]}")
+        result = resp.get("result")
+        if not isinstance(result, dict) or "header" not in result:
+            raise StoreError(f"lease keepalive: unexpected answer {str(resp)[:200]}")
+        try:
+            return int(result.get("TTL", 0) or 0)
+        except (TypeError, ValueError):
+            raise StoreError(f"lease keepalive: unexpected answer {str(resp)[:200]}") from None
 
     def lease_alive(self, lease: int) -> bool:
         """Asks without renewing: etcd answers TTL -1 for a lease that expired or was revoked (and

@@ -127,10 +127,10 @@ def test_transition_timeline_is_reported_relative_to_the_kill() -> None:
                            "first_successful_write": 3.5}
     # with the prober's and the new primary's own times (a forged odd value is left out)
     r = analyze(events([1.0, 5.0], stop=6.0), {"kill": 1.5},
-                {"suspected": 1.6, "confirmed": 1.65, "detected": 1.7, "promoted": 1.8, "promote_called": 1.82,
-                 "promote_done": 1.9, "completed": 1.95, "aborted": "x"})
-    assert list(r["events"]) == ["kill", "suspicion", "confirmation", "detection", "election", "promote_called",
-                                 "promoted", "promotion", "first_successful_write"]
+                {"suspected": 1.6, "confirmed": 1.65, "detected": 1.7, "fence_acknowledged": 1.75, "promoted": 1.8,
+                 "promote_called": 1.82, "promote_done": 1.9, "completed": 1.95, "aborted": "x"})
+    assert list(r["events"]) == ["kill", "suspicion", "confirmation", "detection", "fence_acknowledged", "election",
+                                 "promote_called", "promoted", "promotion", "first_successful_write"]
     assert r["events"]["confirmation"] == pytest.approx(0.15) and r["events"]["promoted"] == pytest.approx(0.4)
 
 
@@ -185,6 +185,7 @@ def test_probe_and_report_on_a_crash(cluster_factory, tmp_path: Path) -> None:
     # the new primary (its clock is this machine's)
     assert 0 < ev["suspicion"] <= ev["confirmation"] <= ev["detection"], ev
     assert ev["election"] <= ev["promote_called"] <= ev["promoted"] <= ev["promotion"], ev
+    assert ev["detection"] <= ev["fence_acknowledged"] <= ev["election"], ev
     assert ev["first_successful_write"] >= ev["promotion"] - 0.5
     assert "writes unavailable" in rep.stdout
     # a budget that is exceeded fails the report

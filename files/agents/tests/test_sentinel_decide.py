@@ -257,6 +257,13 @@ CASES: list[Case] = [
                      leases_alive={"k1": True}),
      lambda d, cd: (cd.transition is not None and cd.transition.stage == "fence" and cd.primary == "k1"
                     and "lease is still alive" in cd.message) or pytest.fail(str(cd))),
+    ("the transition's record takes the last proxy's own time of applying the fence",
+     lambda: replace(snap(replace(_fencing(), last_transition={"kind": "failover", "old": "k1", "new": "k2"}),
+                          [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4, applied_at=NOW - 0.05),
+                                                         ProxyStatus("p2", generation=5, applied_at=NOW - 0.02)]),
+                     leases_alive={"k1": False}),
+     lambda d, cd: (cd.transition.stage == "promote" and cd.last_transition["fence_acknowledged"] == NOW - 0.02
+                    and cd.last_transition["promoted"] == NOW) or pytest.fail(str(cd.last_transition))),
     ("fence stage promotes when the old primary's key went with its lease",
      lambda: replace(snap(_fencing(), [ks("k2"), ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
                      leases_alive={"k1": False}),

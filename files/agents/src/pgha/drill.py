@@ -159,9 +159,10 @@ def analyze(ev: Events, markers: dict[str, float], transition: dict[str, Any] | 
         # the sentinel's times (detection: it saw the failure; election: every proxy had acknowledged
         # the fence and it ordered the promotion; promotion: it saw the new primary) and, where the
         # parties record their own, theirs: the prober's first refused connection and its confirmed
-        # crash, the new primary's pg_promote() called and done
+        # crash, the last proxy's fence applied, the new primary's pg_promote() called and done
         names = {"suspected": "suspicion", "confirmed": "confirmation", "detected": "detection",
-                 "promoted": "election", "promote_called": "promote_called", "promote_done": "promoted",
+                 "fence_acknowledged": "fence_acknowledged", "promoted": "election",
+                 "promote_called": "promote_called", "promote_done": "promoted",
                  "completed": "promotion"}
         for k, name in names.items():
             v = transition.get(k)

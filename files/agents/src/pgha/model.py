@@ -468,6 +468,7 @@ class ProxyStatus(Document):
     target: str | None = None
     listening: bool = False
     reported_at: float = 0.0
+    applied_at: float = 0.0  # wall time it applied ``generation`` (its connections to old targets closed)
 
     @staticmethod
     def loads(raw: bytes | str) -> "ProxyStatus":
@@ -483,6 +484,7 @@ class ProxyStatus(Document):
                 target=f.opt(str, "target"),
                 listening=f.get(bool, "listening", False),
                 reported_at=f.get(float, "reported_at", 0.0),
+                applied_at=f.get(float, "applied_at", 0.0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"proxy status: malformed ({exc})") from None

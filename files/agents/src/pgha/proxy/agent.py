@@ -99,6 +99,7 @@ class ProxyAgent:
         self._thread: threading.Thread | None = None
         self.lease = Lease(store, margin=proxy_fence_margin)
         self._store_error = ""
+        self.applied_at = 0.0  # wall time the current generation was applied (ProxyStatus.applied_at)
 
     # ------------------------------------------------------------------ addresses
     def _host_port(self, host: str, port: int) -> str:
@@ -179,6 +180,7 @@ class ProxyAgent:
         assert pool is not None
         actions = decide(self.state, obs, time.monotonic())
         st = actions.state
+        new_generation = st.generation != self.state.generation
         self.state = st
         closed: dict[str, int] = {}
         if actions.close_all:
@@ -195,6 +197,8 @@ class ProxyAgent:
             n = pool.fence_target(RO, uid)
             if n:
                 closed[f"{uid} (ro)"] = n
+        if new_generation:
+            self.applied_at = time.time()  # what the sentinel waits for is done: report when
         pool.fence.deadline = st.deadline
         pool.rw = st.rw
         pool.ro = st.ro
@@ -220,7 +224,8 @@ class ProxyAgent:
         st = self.state
         return ProxyStatus(uid=self.uid, address=self.address, ro_address=self.ro_address,
                            api_address=self.api_bound_address, generation=st.generation,
-                           target=st.rw[0] if st.rw else None, listening=self.listening, reported_at=time.time())
+                           target=st.rw[0] if st.rw else None, listening=self.listening, reported_at=time.time(),
+                           applied_at=self.applied_at)
 
     # ------------------------------------------------------------------ listeners
     def _stop_listening(self) -> None:

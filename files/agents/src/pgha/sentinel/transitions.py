@@ -165,7 +165,9 @@ def _promote(ctx: Ctx, cd: ClusterData) -> ClusterData:
     cd = replace(cd, primary=new, transition=replace(t, stage="promote"),
                  sync=SyncState(standbys=standbys, candidates=(), barrier=None))
     if cd.last_transition and cd.last_transition.get("new") == new:
-        cd = replace(cd, last_transition={**cd.last_transition, "promoted": ctx.snap.now})
+        acks = [p.applied_at for p in ctx.snap.proxies.values() if p.generation >= t.proxy_generation and p.applied_at]
+        cd = replace(cd, last_transition={**cd.last_transition, "promoted": ctx.snap.now,
+                                          **({"fence_acknowledged": max(acks)} if acks else {})})
     cd = cd.with_keeper(new, role=ROLE_PRIMARY, follow=None, init=None, synchronous_standbys=standbys)
     for uid in sorted(cd.keepers):
         if uid == new:

@@ -78,8 +78,17 @@ class Cluster:
             return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT).returncode
 
     def ctl(self, *args: str) -> str:
+        """pghactl as the store's operator, with the settings site.yml wrote for this controller
+        (the store on TLS with its users); a plain-HTTP store without that file."""
         env = dict(os.environ, PGHA_CLUSTER_NAME="main", PGHA_STORE_ENDPOINTS=self.endpoints,
-                   PGHA_STORE_INSECURE="true")  # the test hosts' etcd on plain HTTP
+                   PGHA_STORE_INSECURE="true")
+        operator = Path.home() / ".pgha" / "main" / "pghactl.env"
+        if operator.exists():
+            env.pop("PGHA_STORE_INSECURE")
+            for line in operator.read_text().splitlines():
+                if line.startswith("export ") and "=" in line:
+                    key, value = line[len("export "):].split("=", 1)
+                    env[key] = value.strip("'\"")
         out = subprocess.run([str(VENV / "bin" / "pghactl"), *args], capture_output=True, text=True, env=env,
                              timeout=120)
         if out.returncode != 0:

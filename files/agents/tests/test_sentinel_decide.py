@@ -83,6 +83,16 @@ def run(s: Snapshot, memory: Memory | None = None) -> tuple[Decision, ClusterDat
 Case = tuple[str, Callable[[], Snapshot], Callable[[Decision, ClusterData], None]]
 
 
+def _promoted(called: float, done: float) -> Snapshot:
+    """A failover in its promote stage whose new primary k2 reports itself primary, with its
+    pg_promote() times."""
+    return snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
+                        transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4),
+                        last_transition={"kind": "failover", "old": "k1", "new": "k2", "detected": NOW - 1}),
+                [replace(ks("k2", "primary", tl=2, repl=rows("k3")), promote_called_at=called, promoted_at=done),
+                 ks("k3")], proxies=[ProxyStatus("p1", generation=4)])
+
+
 def _preparing(started: float = NOW - 0.1) -> ClusterData:
     return replace(cluster(), transition=Transition("switchover", "k1", "k3", "prepare", started, 3, request_id="s1"),
                    last_switchover={"id": "s1", "state": "running", "reason": "", "from": "k1", "to": "k3"})
@@ -270,19 +280,11 @@ CASES: list[Case] = [
      lambda d, cd: (cd.primary == "k2" and cd.transition is not None and cd.transition.stage == "promote")
      or pytest.fail(str(cd))),
     ("the transition's record takes the new primary's own promotion times, not an earlier promotion's",
-     lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
-                          transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4),
-                          last_transition={"kind": "failover", "old": "k1", "new": "k2", "detected": NOW - 1}),
-                  [replace(ks("k2", "primary", tl=2, repl=rows("k3")), promote_called_at=NOW - 0.3, promoted_at=NOW - 0.2),
-                   ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+     lambda: _promoted(called=NOW - 0.3, done=NOW - 0.2),
      lambda d, cd: (cd.last_transition["promote_called"], cd.last_transition["promote_done"],
                     cd.last_transition["completed"]) == (NOW - 0.3, NOW - 0.2, NOW) or pytest.fail(str(cd.last_transition))),
     ("promotion times older than the transition are not its own",
-     lambda: snap(replace(cluster("k2", ("k1", "k3")), proxy=ProxySpec(None, 4),
-                          transition=Transition("failover", "k1", "k2", "promote", NOW - 1, 4),
-                          last_transition={"kind": "failover", "old": "k1", "new": "k2", "detected": NOW - 1}),
-                  [replace(ks("k2", "primary", tl=2, repl=rows("k3")), promote_called_at=NOW - 90, promoted_at=NOW - 89),
-                   ks("k3")], proxies=[ProxyStatus("p1", generation=4)]),
+     lambda: _promoted(called=NOW - 90, done=NOW - 89),
      lambda d, cd: ("promote_called" not in cd.last_transition and cd.last_transition["completed"] == NOW)
      or pytest.fail(str(cd.last_transition))),
     ("promote stage routes proxies once the new primary reports itself primary",

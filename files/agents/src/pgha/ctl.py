@@ -34,6 +34,7 @@ from pgha.model import (
     int_to_lsn,
     keys,
     load_status,
+    load_statuses,
     loads,
 )
 from pgha.spec import Spec, SpecError, merge_patch, normalize, replace_whole, valid_uid, with_init_keys
@@ -346,14 +347,7 @@ class Ctl:
     def keeper_statuses(self) -> dict[str, KeeperStatus]:
         """The keepers' status documents, believed as the sentinel believes them."""
         kvs, _ = self.store.get_prefix(self.keys.keepers)
-        out: dict[str, KeeperStatus] = {}
-        for kv in kvs:
-            try:
-                st = load_status(KeeperStatus, kv.key[len(self.keys.base):], kv.value, kv.lease)
-            except FormatError:
-                continue
-            out[st.uid] = st
-        return out
+        return load_statuses(KeeperStatus, kvs, self.keys.base)
 
     def backup(self, kind: str = "full", timeout: float = 3600.0, source: str = "auto") -> dict[str, Any]:
         """Ask the primary's keeper for a backup and wait for it: the backup as listed, with its id,

@@ -347,6 +347,19 @@ def load_status(cls: Any, name: str, raw: bytes | str, lease: int) -> Any:
     return doc
 
 
+def load_statuses(cls: Any, kvs: list[Any], base: str) -> dict[str, Any]:
+    """The status documents of type ``cls`` among ``kvs`` (a listing below ``base``, the cluster's
+    key prefix), by uid, each believed as load_status believes it; the others are left out."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        try:
+            st = load_status(cls, kv.key[len(base):], kv.value, kv.lease)
+        except FormatError:
+            continue
+        out[st.uid] = st
+    return out
+
+
 def check_status_key(name: str, uid: str, lease: int) -> None:
     """A status document counts only under the key of the uid it names (``name``: its key below the
     cluster's, ``keepers/<uid>``) and attached to a lease: each agent writes its own under its own

@@ -30,7 +30,7 @@ import psycopg2
 from pgha import backup as pb
 from pgha.keeper.actions import NO_REPOSITORY
 from pgha.keeper.pg import PgError, layout, pg_auto_conf_header
-from pgha.model import ROLE_PRIMARY, FormatError, KeeperSpec, KeeperStatus, load_status, loads
+from pgha.model import ROLE_PRIMARY, FormatError, KeeperSpec, KeeperStatus, load_statuses, loads
 from pgha.store import StoreError
 
 logger = logging.getLogger("pgha.keeper")
@@ -378,13 +378,7 @@ class Backups:
             kvs, _ = self.store.get_prefix(self.keys.keepers)
         except StoreError as exc:
             return None, f"the keepers' status unreadable ({exc})"
-        statuses = []
-        for kv in kvs:
-            try:
-                statuses.append(load_status(KeeperStatus, kv.key[len(self.keys.base):], kv.value, kv.lease))
-            except FormatError:
-                continue
-        return pb.choose_standby(self.status, statuses, layout)
+        return pb.choose_standby(self.status, list(load_statuses(KeeperStatus, kvs, self.keys.base).values()), layout)
 
     def _run_backup(self, rid: str, kind: str, scheduled: bool = False, source: str = "auto") -> bool:
         """Run ``pgbackrest backup``, reporting it in the status as ``last``; True when it worked.

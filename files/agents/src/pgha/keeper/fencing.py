@@ -68,11 +68,16 @@ class Fencing:
         so a keeper that was frozen past its deadline kills its primary before a new lease can hide
         the lapse (the lease thread re-registering first once left it running until the main loop
         stopped it)."""
-        if self.update_fence() and self.pg.running() and not self.pg.is_standby_configured():
+        if self.update_fence():
             age = self.lease.age()
-            logger.error("FENCING: could not renew our lease for %.1fs (granted ttl %ss): killing PostgreSQL "
-                         "now, a primary without a live lease must not accept writes",
-                         age if age is not None else -1, self.lease.ttl)
+            self.kill_primary("could not renew our lease for %.1fs (granted ttl %ss): killing PostgreSQL now, a "
+                              "primary without a live lease must not accept writes",
+                              age if age is not None else -1, self.lease.ttl)
+
+    def kill_primary(self, why: str, *args: object) -> None:
+        """Kill PostgreSQL when it runs as primary, logging ``why`` (a format with ``args``)."""
+        if self.pg.running() and not self.pg.is_standby_configured():
+            logger.error("FENCING: " + why, *args)
             self.phase = "fenced"
             try:
                 self.pg.kill()
@@ -85,11 +90,8 @@ class Fencing:
         confirmed a crash (``pgha.sentinel.crash``) and failing over now. A primary still running
         is killed before we register again: another keeper may be promoted meanwhile."""
         try:
-            if self.pg.running() and not self.pg.is_standby_configured():
-                logger.error("FENCING: our lease is gone on the server (revoked by the leading sentinel, which takes "
-                             "us for crashed and fails over, or expired): killing PostgreSQL before registering again")
-                self.phase = "fenced"
-                self.pg.kill()
+            self.kill_primary("our lease is gone on the server (revoked by the leading sentinel, which takes us for "
+                              "crashed and fails over, or expired): killing PostgreSQL before registering again")
         except Exception as exc:  # noqa: BLE001 - the lease thread must live to register again
             logger.error("fencing after the lease was lost: %s", exc)
 

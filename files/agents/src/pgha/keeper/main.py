@@ -201,8 +201,7 @@ class Keeper(Fencing, Reporting, Backups, Actions, Api):
             self.set_error(f"refusing to act on the cluster data: {exc}")
             self.cd_rev = kv.mod_revision
             return False
-        t = cd.transition
-        if t is not None and self.uid in (t.old, t.new) and (self.cd is None or self.cd.transition != t):
+        if self.named_in(cd) and (self.cd is None or self.cd.transition != cd.transition):
             self.report_soon.set()  # report at the transition's pace from now, not after the current tick
         self.cd, self.cd_rev = cd, kv.mod_revision
         self.spec = cd.spec

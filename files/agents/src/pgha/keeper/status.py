@@ -143,11 +143,14 @@ class Reporting:
             self.report_soon.clear()
 
     def report_interval(self) -> float:
-        cd = self.cd
-        t = cd.transition if cd is not None else None
-        if t is not None and self.uid in (t.old, t.new):
+        if self.named_in(self.cd):
             return min(TRANSITION_TICK, self.spec.sleep_interval)
         return self.spec.sleep_interval
+
+    def named_in(self, cd: Any) -> bool:
+        """Whether the transition of cluster data ``cd`` (None: none read) names this keeper."""
+        t = cd.transition if cd is not None else None
+        return t is not None and self.uid in (t.old, t.new)
 
     def wake_heartbeat(self) -> None:
         """Publish our status now (after a promotion or a role change) instead of at the next tick."""

@@ -156,12 +156,16 @@ class Sentinel:
         if not self.store.cas(self.keys.leader, self.uid, kv.mod_revision, lease=self.lease.id):
             self.leader = False
 
+    def _holds(self, leader: Any) -> bool:
+        """Whether the leader key ``leader`` (a KV, or None when absent) is ours, under our lease."""
+        return leader is not None and leader.value.decode() == self.uid and leader.lease == self.lease.id
+
     def _campaign(self) -> bool:
         kv = self.store.get(self.keys.leader)
         if kv is None:
             self.store.cas(self.keys.leader, self.uid, 0, lease=self.lease.id)
             kv = self.store.get(self.keys.leader)
-        is_leader = kv is not None and kv.value.decode() == self.uid and kv.lease == self.lease.id
+        is_leader = self._holds(kv)
         if is_leader and not self.leader:
             logger.info("became the leading sentinel: timers start afresh (a keeper is declared unhealthy only "
                         "after fail_interval from now)")
@@ -387,9 +391,7 @@ class Sentinel:
                 self._probe_problem = text
             return
         # still the leader (the key, not only our flag) and still the same primary under the same lease
-        leader = self.store.get(self.keys.leader)
-        if not (self.leader and self._same_target(uid, lease) and leader is not None
-                and leader.value.decode() == self.uid and leader.lease == self.lease.id):
+        if not (self.leader and self._same_target(uid, lease) and self._holds(self.store.get(self.keys.leader))):
             return
         logger.warning("keeper %s (the primary) crashed: %s; revoking its lease %x so that the failover starts "
                        "now instead of when the lease expires", uid, why, lease)

@@ -17,6 +17,7 @@ from pgha.model import (
     ClusterData,
     ProxySpec,
     SyncState,
+    Transition,
 )
 from pgha.sentinel.context import Ctx, failed, failure_reason
 from pgha.sentinel.election import begin_transition
@@ -76,9 +77,8 @@ def advance_transition(ctx: Ctx, cd: ClusterData) -> ClusterData:
         gen = cd.proxy.generation + 1
         cd = replace(cd, transition=None, timeline=new_st.timeline,
                      proxy=ProxySpec(target=t.new, generation=gen, ro_targets=cd.proxy.ro_targets), message="")
-        if t.kind == "switchover" and cd.last_switchover and cd.last_switchover.get("id") == t.request_id:
-            cd = replace(cd, last_switchover={**cd.last_switchover, "state": "done",
-                                              "seconds": round(elapsed, 3)})
+        if t.kind == "switchover":
+            cd = _switchover_record(cd, t, state="done", seconds=round(elapsed, 3))
         ctx.mem.primary_lsn = new_st.lsn
         if cd.last_transition and cd.last_transition.get("new") == t.new:
             # the new primary's own times of pg_promote() called and returned (pgha.keeper.actions)
@@ -103,10 +103,7 @@ def _prepare(ctx: Ctx, cd: ClusterData) -> ClusterData:
         if reason:
             ctx.log(f"switchover to {t.new} abandoned before fencing: the {role} {uid} failed ({reason})")
             cd = replace(cd, transition=None, message=f"switchover abandoned: {uid} failed")
-            if cd.last_switchover and cd.last_switchover.get("id") == t.request_id:
-                cd = replace(cd, last_switchover={**cd.last_switchover, "state": "failed",
-                                                  "reason": f"{uid} failed ({reason})"})
-            return cd
+            return _switchover_record(cd, t, state="failed", reason=f"{uid} failed ({reason})")
     old_st = snap.keepers.get(t.old)
     waited = snap.now - t.started
     if old_st is not None and old_st.checkpointed_for == t.started:
@@ -118,6 +115,13 @@ def _prepare(ctx: Ctx, cd: ClusterData) -> ClusterData:
     ctx.log(f"switchover to {t.new}: {why}; fencing: proxies hold new connections, {t.old} stops")
     return begin_transition(ctx, replace(cd, transition=None), "switchover", t.old, t.new, reason=t.reason,
                             request_id=t.request_id)  # switchover_timeout counts from the fence
+
+
+def _switchover_record(cd: ClusterData, t: Transition, **changes: object) -> ClusterData:
+    """``last_switchover`` updated with ``changes`` when it is the record of ``t``'s request."""
+    if cd.last_switchover and cd.last_switchover.get("id") == t.request_id:
+        return replace(cd, last_switchover={**cd.last_switchover, **changes})
+    return cd
 
 
 def _may_still_write(ctx: Ctx, old: str) -> str | None:
@@ -149,8 +153,7 @@ def _abort(ctx: Ctx, cd: ClusterData, why: str) -> ClusterData:
         # the old primary stopped cleanly and nothing was promoted: it simply becomes primary again
         cd = cd.with_keeper(t.old, role=ROLE_PRIMARY, follow=None)
         cd = replace(cd, proxy=ProxySpec(target=t.old, generation=gen, ro_targets=()))
-        if cd.last_switchover and cd.last_switchover.get("id") == t.request_id:
-            cd = replace(cd, last_switchover={**cd.last_switchover, "state": "failed", "reason": why})
+        cd = _switchover_record(cd, t, state="failed", reason=why)
     else:
         # failover: the old primary stays fenced; the next check elects again
         cd = replace(cd, proxy=ProxySpec(target=None, generation=gen, ro_targets=()))
